@@ -1,0 +1,197 @@
+//! What a job asks for ([`JobParams`]) and what it produces ([`JobOutput`]).
+
+use serde::{Deserialize, Serialize};
+
+/// The family of a model, which decides the shape of its params and output and which kind of
+/// points it earns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// A chat model; earns Llama points.
+    Llm,
+    /// A text-to-image model; earns Waifu points.
+    Image,
+    /// The built-in test engine: deterministic bytes after a delay. Earns nothing.
+    Synthetic,
+}
+
+impl ModelKind {
+    /// The lowercase name used in configs, URLs and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Llm => "llm",
+            Self::Image => "image",
+            Self::Synthetic => "synthetic",
+        }
+    }
+}
+
+/// Parameters of a job, tagged with the model kind they belong to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobParams {
+    Llm(LlmParams),
+    Image(ImageParams),
+    Synthetic(SyntheticParams),
+}
+
+impl JobParams {
+    /// Parses untagged params (as a consumer sends them) for a model of the given kind.
+    pub fn from_json(kind: ModelKind, value: serde_json::Value) -> Result<Self, serde_json::Error> {
+        Ok(match kind {
+            ModelKind::Llm => Self::Llm(serde_json::from_value(value)?),
+            ModelKind::Image => Self::Image(serde_json::from_value(value)?),
+            ModelKind::Synthetic => Self::Synthetic(serde_json::from_value(value)?),
+        })
+    }
+
+    /// The kind of model these params are for.
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            Self::Llm(_) => ModelKind::Llm,
+            Self::Image(_) => ModelKind::Image,
+            Self::Synthetic(_) => ModelKind::Synthetic,
+        }
+    }
+}
+
+/// One turn of a chat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+/// A chat completion request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmParams {
+    pub messages: Vec<ChatMessage>,
+    /// Most tokens to generate; the model's limit applies when absent.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    #[serde(default = "default_top_p")]
+    pub top_p: f32,
+    /// 0 turns top-k filtering off.
+    #[serde(default)]
+    pub top_k: u32,
+    /// Generation stops before any of these strings.
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Sampling seed: the same seed on the same device gives the same text.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_temperature() -> f32 {
+    1.0
+}
+
+fn default_top_p() -> f32 {
+    1.0
+}
+
+/// A text-to-image request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageParams {
+    pub prompt: String,
+    #[serde(default)]
+    pub negative_prompt: String,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    #[serde(default = "default_guidance")]
+    pub guidance_scale: f32,
+    /// Seed of the initial noise, drawn on the CPU so any device starts from the same latents.
+    #[serde(default)]
+    pub seed: u64,
+    /// Sampler name (`euler`, `euler_a`, `dpmpp_2m_karras`, `ddim`); the model's default when
+    /// absent.
+    #[serde(default)]
+    pub scheduler: Option<String>,
+}
+
+fn default_guidance() -> f32 {
+    7.5
+}
+
+/// The synthetic test engine's request: `output_bytes` deterministic bytes after `delay_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticParams {
+    #[serde(default = "default_output_bytes")]
+    pub output_bytes: u32,
+    #[serde(default)]
+    pub delay_ms: u32,
+    /// Token frames to stream before the result, to exercise streaming.
+    #[serde(default)]
+    pub stream_tokens: u32,
+    /// Seeds the output bytes.
+    #[serde(default)]
+    pub seed: u64,
+    /// Makes the agent report a retryable failure instead of a result (tests retries).
+    #[serde(default)]
+    pub fail: bool,
+}
+
+fn default_output_bytes() -> u32 {
+    64
+}
+
+/// Token counts of an LLM job, as the OpenAI API reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LlmUsage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// What a job produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobOutput {
+    /// An LLM completion.
+    Text {
+        text: String,
+        usage: LlmUsage,
+        /// `stop` (a stop string or end of sequence) or `length` (hit max_tokens).
+        finish_reason: String,
+    },
+    /// An image. The PNG travels inline (`png_b64`) or was uploaded by the agent to the
+    /// presigned URL it got with the job (then `png_b64` is absent).
+    Image {
+        width: u32,
+        height: u32,
+        size_bytes: u64,
+        /// Lowercase hex SHA-256 of the PNG file.
+        sha256: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        png_b64: Option<String>,
+    },
+    /// Raw bytes from the synthetic engine.
+    Bytes {
+        data_b64: String,
+        /// Lowercase hex SHA-256 of the decoded bytes.
+        sha256: String,
+    },
+}
+
+/// Timings the agent measured for one job, in milliseconds. The coordinator measures its own
+/// and never trusts these beyond what it saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Metrics {
+    /// From receipt of the job frame to the start of work.
+    #[serde(default)]
+    pub queue_ms: u64,
+    /// Model loading, when the job needed it.
+    #[serde(default)]
+    pub load_ms: u64,
+    #[serde(default)]
+    pub infer_ms: u64,
+    #[serde(default)]
+    pub upload_ms: u64,
+}

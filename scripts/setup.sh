@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Idempotent set-up for building infermine: fetches libtorch 2.11.0 (the version tch 0.24
+# binds) from PyPI's torch wheel into a project-local folder, plus the two CUDA runtime
+# libraries libtorch_cpu.so links against. Safe to run again: it does nothing when the
+# right version is already in place.
+#
+#   scripts/setup.sh            # installs into ./.libtorch (override: INFERMINE_LIBTORCH_DIR)
+#
+# Building afterwards needs no variables: .cargo/config.toml points LIBTORCH at
+# ./.libtorch/torch and the agent embeds an rpath to its lib/ folder.
+set -euo pipefail
+
+TORCH_VERSION=2.11.0
+CUDA_RUNTIME_VERSION=13.0.96
+CUPTI_VERSION=13.0.85
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+dest=${INFERMINE_LIBTORCH_DIR:-$root/.libtorch}
+stamp="$dest/torch/.infermine-libtorch-version"
+want="torch=$TORCH_VERSION cudart=$CUDA_RUNTIME_VERSION cupti=$CUPTI_VERSION"
+
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  echo "setup: libtorch $TORCH_VERSION already in $dest/torch"
+  exit 0
+fi
+
+for tool in python3 unzip; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    if [[ $tool == unzip ]] && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
+      apt-get update -qq && apt-get install -y -qq unzip >/dev/null
+    else
+      echo "setup: '$tool' is required; install it (e.g. 'apt-get install $tool') and run again" >&2
+      exit 1
+    fi
+  fi
+done
+
+wheels="$dest/wheels"
+mkdir -p "$wheels"
+echo "setup: downloading torch==$TORCH_VERSION (about 530 MB, once) and the CUDA runtime wheels into $wheels"
+python3 -m pip download --no-deps --only-binary=:all: --progress-bar on \
+  -d "$wheels" \
+  "torch==$TORCH_VERSION" \
+  "nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION" \
+  "nvidia-cuda-cupti==$CUPTI_VERSION"
+
+torch_whl=$(ls "$wheels"/torch-"$TORCH_VERSION"-*.whl | head -n1)
+tmp="$dest/.unpack"
+rm -rf "$tmp" "$dest/torch"
+mkdir -p "$tmp"
+echo "setup: unpacking libtorch headers and libraries"
+unzip -q "$torch_whl" 'torch/include/*' 'torch/lib/*' 'torch/share/*' -d "$tmp"
+for whl in "$wheels"/nvidia_cuda_runtime-*.whl "$wheels"/nvidia_cuda_cupti-*.whl; do
+  unzip -q -o "$whl" -d "$tmp/nvidia-$(basename "$whl" .whl)"
+done
+# libtorch_cpu.so needs libcudart.so.13 and libcupti.so.13 even on CPU-only machines.
+find "$tmp"/nvidia-* \( -name 'libcudart.so.13*' -o -name 'libcupti.so.13*' \) -exec cp -P {} "$tmp/torch/lib/" \;
+for lib in libcudart.so.13 libcupti.so.13; do
+  [[ -e "$tmp/torch/lib/$lib" ]] || { echo "setup: $lib missing from the CUDA wheels" >&2; exit 1; }
+done
+mv "$tmp/torch" "$dest/torch"
+rm -rf "$tmp" "$wheels"
+echo "$want" >"$stamp"
+echo "setup: libtorch $TORCH_VERSION ready in $dest/torch"
