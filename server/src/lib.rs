@@ -1,1 +1,177 @@
+//! The infermine coordinator.
+//!
+//! Consumers submit inference jobs over HTTP; miners' agents hold WebSocket sessions and run
+//! them. The life of a job through the modules:
+//!
+//! 1. [`jobs::api`] authenticates the consumer ([`auth`]), validates the request against the
+//!    model [`registry`], writes the job row ([`jobs::store`], on [`db`]) and only then wakes
+//!    the [`dispatch`]er. Persist first, then wake.
+//! 2. The dispatcher, sole owner of agent slots, queues and leases, pairs the job with an idle
+//!    slot that may run the model (fastest recent latency first) and hands the pair back to the
+//!    lifecycle ([`jobs`]), which records the lease and pushes the job frame to the agent.
+//! 3. The agent's [`gateway`] session turns its frames into lifecycle calls: a result is
+//!    checked, stored and completes the job (waking long-polling consumers); a failure, a
+//!    disconnect or an expired lease sends the job back to the queue, up to `max_attempts`.
+//! 4. At start-up, leases left by a previous run are void and every queued job is queued
+//!    again, so no job is lost to a restart.
+//!
+//! [`run`] serves all of it on a listener until a shutdown future resolves; [`app`] builds the
+//! router for tests that want it without a socket.
 
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod dispatch;
+pub mod error;
+pub mod gateway;
+pub mod jobs;
+pub mod miners;
+pub mod registry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::db::Db;
+use crate::dispatch::Dispatcher;
+use crate::error::ApiError;
+use crate::jobs::Jobs;
+use crate::registry::Registry;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub auth: Arc<Auth>,
+    pub jobs: Arc<Jobs>,
+    pub dispatcher: Dispatcher,
+    /// Flips to true when the coordinator starts shutting down; agent sessions then close.
+    pub closing: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The HTTP routes.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/models", get(jobs::api::models))
+        .route("/v1/jobs", axum::routing::post(jobs::api::submit))
+        .route("/v1/jobs/{id}", get(jobs::api::get).delete(jobs::api::cancel))
+        .route("/v1/agent/ws", get(gateway::upgrade))
+        .fallback(|| async { ApiError::NotFound("no such endpoint; see GET /v1/models and POST /v1/jobs".to_owned()) })
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+/// Opens the database named by `config` and applies the migrations.
+pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
+    let url = config.database_url();
+    let db = Db::connect(&url).await.with_context(|| format!("cannot open the database at {}", redact(&url)))?;
+    db.migrate().await.context("cannot apply database migrations")?;
+    Ok(db)
+}
+
+/// Loads the model registry named by `config` (the built-in one by default).
+pub fn load_registry(config: &Config) -> anyhow::Result<Registry> {
+    Ok(match &config.models_file {
+        Some(path) => Registry::load(path)?,
+        None => Registry::builtin(),
+    })
+}
+
+/// Mints a miner token (what `infermine-server miner-token` prints).
+pub async fn mint_miner_token(config: &Config, wallet: &str, name: &str) -> anyhow::Result<String> {
+    let db = open_db(config).await?;
+    let token = Auth::new(config, db.clone())?.mint_miner_token(wallet, name).await?;
+    db.close().await;
+    Ok(token)
+}
+
+/// Creates a consumer API key (what `infermine-server api-key create` prints).
+pub async fn create_api_key(config: &Config, name: &str) -> anyhow::Result<String> {
+    let db = open_db(config).await?;
+    let key = Auth::new(config, db.clone())?.create_api_key(name).await?;
+    db.close().await;
+    Ok(key)
+}
+
+/// Runs the coordinator on `listener` until `shutdown` resolves, then drains: no new
+/// assignments, running jobs get `drain_timeout_s` to finish, agents are told to go away, and
+/// whatever is still leased is queued again at the next start.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let db = open_db(&config).await?;
+    let registry = Arc::new(load_registry(&config)?);
+    let auth = Arc::new(Auth::new(&config, db.clone())?);
+    let (dispatcher, inbox) = Dispatcher::channel();
+    let limits = jobs::Limits {
+        max_attempts: config.max_attempts,
+        lease_grace: Duration::from_millis(config.lease_grace_ms),
+        max_wait: Duration::from_secs(config.max_wait_s),
+    };
+    let jobs = Jobs::new(db.clone(), registry, dispatcher.clone(), limits);
+    let dispatch_task = tokio::spawn(dispatch::run(inbox, Arc::clone(&jobs)));
+    jobs.recover().await.context("cannot recover queued jobs")?;
+
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let state = AppState { config: Arc::clone(&config), db: db.clone(), auth, jobs: Arc::clone(&jobs), dispatcher: dispatcher.clone(), closing };
+    let sweeper = tokio::spawn(sweep(Arc::clone(&jobs)));
+    tracing::info!(listen = %listener.local_addr()?, database = db.dialect(), "coordinator ready");
+
+    let drain_timeout = Duration::from_secs(config.drain_timeout_s);
+    let drain_dispatcher = dispatcher.clone();
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining running jobs");
+        drain_dispatcher.drain();
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        while drain_dispatcher.snapshot().await.leased > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = closing_tx.send(true);
+    };
+    axum::serve(listener, app(state)).with_graceful_shutdown(graceful).await.context("server error")?;
+    sweeper.abort();
+    drop(dispatcher);
+    drop(jobs);
+    dispatch_task.abort();
+    db.close().await;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+async fn sweep(jobs: Arc<Jobs>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        ticker.tick().await;
+        if let Err(e) = jobs.sweep_overdue().await {
+            tracing::warn!(error = %e, "lease sweep failed; will retry");
+        }
+    }
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

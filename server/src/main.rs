@@ -1,1 +1,152 @@
-fn main() {}
+//! `infermine-server`: the coordinator binary. See `infermine_server` for how it works.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use infermine_server::config::{Config, LogFormat, Overrides};
+
+/// The infermine coordinator: consumer API, agent gateway, dispatcher and ledger.
+///
+/// Every setting can come from a TOML file (--config), from an INFERMINE_* environment
+/// variable, or from a flag; flags win over variables, which win over the file.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML file with settings (keys as the long flags, with underscores)
+    #[arg(long, env = "INFERMINE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the coordinator
+    Serve(#[command(flatten)] Overrides),
+    /// Apply database migrations and exit
+    Migrate(#[command(flatten)] Overrides),
+    /// Mint a miner token for a wallet's rig and print it (alone) on stdout
+    MinerToken {
+        /// The wallet that earns the points (0x-prefixed, 40 hex digits)
+        #[arg(long)]
+        wallet: String,
+        /// A name for the rig (letters, digits, - and _)
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Manage consumer API keys
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyCommand {
+    /// Create an API key and print it (alone) on stdout; it is shown only once
+    Create {
+        /// A label to recognise the key by
+        #[arg(long, default_value = "default")]
+        name: String,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = match &cli.command {
+        Command::Serve(o) | Command::Migrate(o) => o,
+        Command::MinerToken { overrides, .. } | Command::ApiKey { command: ApiKeyCommand::Create { overrides, .. } } => overrides,
+    };
+    let config = match Config::load(cli.config.as_deref(), overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("infermine-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("infermine-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("infermine-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) => {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (choose another with --listen)", config.listen))?;
+            infermine_server::run(config, listener, shutdown_signal()).await
+        }
+        Command::Migrate(_) => {
+            let db = infermine_server::open_db(&config).await?;
+            db.close().await;
+            eprintln!("migrations applied to {}", db.dialect());
+            Ok(())
+        }
+        Command::MinerToken { wallet, name, .. } => {
+            let token = infermine_server::mint_miner_token(&config, &wallet, &name).await?;
+            print_secret(&token);
+            Ok(())
+        }
+        Command::ApiKey { command: ApiKeyCommand::Create { name, .. } } => {
+            let key = infermine_server::create_api_key(&config, &name).await?;
+            print_secret(&key);
+            Ok(())
+        }
+    }
+}
+
+#[expect(clippy::print_stdout, reason = "the token is the command's output")]
+fn print_secret(secret: &str) {
+    println!("{secret}");
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

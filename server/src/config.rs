@@ -1,0 +1,263 @@
+//! The coordinator's settings: one typed struct, filled from defaults, then an optional TOML
+//! file (`--config`), then `INFERMINE_*` environment variables and command-line flags.
+//! Everything is checked at start-up so nothing fails mid-request.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Every setting of the coordinator. Field docs are the reference for the TOML file, whose keys
+/// are these field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP API and the agent gateway listen on.
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database, the generated signing secret and other local state.
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://USER:PASS@HOST/DB`; defaults to `DATA_DIR/infermine.db`.
+    pub database_url: Option<String>,
+    /// A model registry file replacing the built-in one.
+    pub models_file: Option<PathBuf>,
+    /// Secret that signs miner tokens (HS256). Prefer `jwt_secret_file`; when neither is set a
+    /// random secret is generated once into `DATA_DIR/jwt.secret`.
+    pub jwt_secret: Option<String>,
+    /// File holding the signing secret.
+    pub jwt_secret_file: Option<PathBuf>,
+    /// How often the coordinator and agents exchange heartbeats, in seconds.
+    pub heartbeat_interval_s: u64,
+    /// An agent silent for this many seconds is disconnected and its jobs requeued.
+    pub agent_timeout_s: u64,
+    /// Attempts a job gets (first run plus retries) before it is marked failed.
+    pub max_attempts: u32,
+    /// Extra time on top of a model's deadline before a lease expires, in milliseconds.
+    pub lease_grace_ms: u64,
+    /// Largest request body the consumer API accepts, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest `?wait=` a consumer may ask for on `GET /v1/jobs/{id}`, in seconds.
+    pub max_wait_s: u64,
+    /// On shutdown, how long running jobs may take to finish before they are requeued.
+    pub drain_timeout_s: u64,
+    /// Frames per second an agent may send before its session is closed.
+    pub agent_max_frames_per_s: u32,
+    /// `text` for people, `json` for log collectors.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            models_file: None,
+            jwt_secret: None,
+            jwt_secret_file: None,
+            heartbeat_interval_s: 10,
+            agent_timeout_s: 30,
+            max_attempts: 3,
+            lease_grace_ms: 5_000,
+            max_body_bytes: 1024 * 1024,
+            max_wait_s: 60,
+            drain_timeout_s: 20,
+            agent_max_frames_per_s: 2_000,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: Box<figment::Error>,
+    },
+    #[error("config file {0} does not exist; pass an existing file to --config")]
+    Missing(PathBuf),
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Builds the configuration: defaults, then the TOML file, then the overrides (flags and
+    /// environment variables, already merged by clap).
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Missing(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError::File {
+                path: file.map(Path::to_owned).unwrap_or_default(),
+                source: Box::new(e),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A default configuration rooted at `data_dir` (what tests and tools start from).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self { data_dir: data_dir.into(), ..Self::default() }
+    }
+
+    /// The database URL in force: the configured one, or the SQLite file in the data dir.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("infermine.db").display()),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        if self.heartbeat_interval_s == 0 {
+            return invalid("heartbeat_interval_s must be at least 1");
+        }
+        if self.agent_timeout_s <= self.heartbeat_interval_s {
+            return invalid("agent_timeout_s must be longer than heartbeat_interval_s");
+        }
+        if self.max_attempts == 0 {
+            return invalid("max_attempts must be at least 1");
+        }
+        if self.max_body_bytes < 1024 {
+            return invalid("max_body_bytes must be at least 1024");
+        }
+        if self.agent_max_frames_per_s == 0 {
+            return invalid("agent_max_frames_per_s must be at least 1");
+        }
+        if self.jwt_secret.is_some() && self.jwt_secret_file.is_some() {
+            return invalid("set jwt_secret or jwt_secret_file, not both");
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return invalid("database_url must start with sqlite:, postgres:// or postgresql://");
+        }
+        Ok(())
+    }
+}
+
+/// Settings given on the command line or in `INFERMINE_*` variables; each overrides the file.
+#[derive(Debug, Clone, Default, Args, Serialize)]
+pub struct Overrides {
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "INFERMINE_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the SQLite database and local state [default: ./data]
+    #[arg(long, env = "INFERMINE_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// sqlite://PATH or postgres://USER:PASS@HOST/DB [default: sqlite in the data dir]
+    #[arg(long, env = "INFERMINE_DATABASE_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// Model registry file replacing the built-in one
+    #[arg(long, env = "INFERMINE_MODELS_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models_file: Option<PathBuf>,
+    /// Secret that signs miner tokens (prefer --jwt-secret-file)
+    #[arg(long, env = "INFERMINE_JWT_SECRET", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    /// File holding the signing secret [default: generated into DATA_DIR/jwt.secret]
+    #[arg(long, env = "INFERMINE_JWT_SECRET_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Heartbeat interval with agents, seconds [default: 10]
+    #[arg(long, env = "INFERMINE_HEARTBEAT_INTERVAL_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_s: Option<u64>,
+    /// Seconds of silence after which an agent is dropped [default: 30]
+    #[arg(long, env = "INFERMINE_AGENT_TIMEOUT_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_timeout_s: Option<u64>,
+    /// Attempts per job before it fails [default: 3]
+    #[arg(long, env = "INFERMINE_MAX_ATTEMPTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Milliseconds added to a model's deadline before a lease expires [default: 5000]
+    #[arg(long, env = "INFERMINE_LEASE_GRACE_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_grace_ms: Option<u64>,
+    /// Largest accepted request body in bytes [default: 1048576]
+    #[arg(long, env = "INFERMINE_MAX_BODY_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<usize>,
+    /// Longest long-poll on GET /v1/jobs/{id}?wait=, seconds [default: 60]
+    #[arg(long, env = "INFERMINE_MAX_WAIT_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_wait_s: Option<u64>,
+    /// Seconds running jobs get to finish on shutdown [default: 20]
+    #[arg(long, env = "INFERMINE_DRAIN_TIMEOUT_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_timeout_s: Option<u64>,
+    /// Frames per second an agent may send [default: 2000]
+    #[arg(long, env = "INFERMINE_AGENT_MAX_FRAMES_PER_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_max_frames_per_s: Option<u32>,
+    /// Log format [default: text]
+    #[arg(long, env = "INFERMINE_LOG_FORMAT", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let config = Config::load(None, &Overrides::default()).expect("defaults are valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_url(), "sqlite://./data/infermine.db");
+    }
+
+    #[test]
+    fn file_then_overrides_take_precedence() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("infermine.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:9000\"\nmax_attempts = 7\n").expect("write");
+        let overrides = Overrides { max_attempts: Some(2), ..Overrides::default() };
+        let config = Config::load(Some(&path), &overrides).expect("valid");
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.max_attempts, 2);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "listn = \"0.0.0.0:9000\"\n").expect("write");
+        let err = Config::load(Some(&path), &Overrides::default()).expect_err("unknown key");
+        assert!(err.to_string().contains("listn"), "{err}");
+
+        std::fs::write(&path, "agent_timeout_s = 5\nheartbeat_interval_s = 10\n").expect("write");
+        let err = Config::load(Some(&path), &Overrides::default()).expect_err("bad timeout");
+        assert!(err.to_string().contains("agent_timeout_s"), "{err}");
+
+        let err = Config::load(Some(&dir.path().join("nope.toml")), &Overrides::default())
+            .expect_err("missing file");
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

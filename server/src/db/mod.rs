@@ -1,0 +1,193 @@
+//! The database: SQLite (the default, one file in the data dir) or PostgreSQL, each through
+//! its own typed sqlx pool. Queries are written once with sea-query and built for the dialect
+//! of the pool in use; migrations live in `migrations/<dialect>/` and are embedded.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sea_query::{
+    DeleteStatement, InsertStatement, PostgresQueryBuilder, SelectStatement, SqliteQueryBuilder,
+    UpdateStatement,
+};
+use sea_query_sqlx::SqlxBinder;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, FromRow};
+
+/// A database failure. Callers log it and answer 500; it never reaches a consumer verbatim.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A pool for one of the two supported databases. Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// SQLite allows one writer at a time, so writes share a single connection (no lock
+    /// contention, no `SQLITE_BUSY` retries) while reads use a pool of their own.
+    Sqlite { write: SqlitePool, read: SqlitePool },
+    Postgres(PgPool),
+}
+
+/// A row type readable from both databases.
+pub trait Row: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
+impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
+
+/// Statements that change rows (sea-query's insert, update and delete).
+pub trait Write: SqlxBinder {}
+impl Write for InsertStatement {}
+impl Write for UpdateStatement {}
+impl Write for DeleteStatement {}
+
+impl Db {
+    /// Opens the database at `url` (`sqlite://PATH` or `postgres://…`), creating a SQLite file
+    /// and its directory when missing.
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            return Ok(Self::Postgres(pool));
+        }
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL with NORMAL survives process crashes; only an OS crash can lose the last
+            // commits, which the queue tolerates (jobs are re-submitted by their consumers).
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|source| DbError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self::Sqlite { write, read })
+    }
+
+    /// Applies the embedded migrations for this dialect.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self {
+            Self::Sqlite { write, .. } => sqlx::migrate!("../migrations/sqlite").run(write).await?,
+            Self::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Which database this is, for logs.
+    pub fn dialect(&self) -> &'static str {
+        match self {
+            Self::Sqlite { .. } => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Runs an insert, update or delete; returns the number of rows it touched.
+    pub async fn execute(&self, statement: &impl Write) -> Result<u64, DbError> {
+        Ok(match self {
+            Self::Sqlite { write, .. } => {
+                let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
+                sqlx::query_with(AssertSqlSafe(sql), values)
+                    .execute(write)
+                    .await?
+                    .rows_affected()
+            }
+            Self::Postgres(pool) => {
+                let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
+                sqlx::query_with(AssertSqlSafe(sql), values)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+        })
+    }
+
+    /// Runs a write with a `RETURNING` clause and reads the rows it returned.
+    pub async fn write_returning<T: Row>(&self, statement: &impl Write) -> Result<Vec<T>, DbError> {
+        Ok(match self {
+            Self::Sqlite { write, .. } => {
+                let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
+                sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_all(write).await?
+            }
+            Self::Postgres(pool) => {
+                let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
+                sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_all(pool).await?
+            }
+        })
+    }
+
+    /// Reads at most one row.
+    pub async fn fetch_optional<T: Row>(
+        &self,
+        statement: &SelectStatement,
+    ) -> Result<Option<T>, DbError> {
+        Ok(match self {
+            Self::Sqlite { read, .. } => {
+                let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
+                sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_optional(read).await?
+            }
+            Self::Postgres(pool) => {
+                let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
+                sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_optional(pool).await?
+            }
+        })
+    }
+
+    /// Reads every row.
+    pub async fn fetch_all<T: Row>(&self, statement: &SelectStatement) -> Result<Vec<T>, DbError> {
+        Ok(match self {
+            Self::Sqlite { read, .. } => {
+                let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
+                sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_all(read).await?
+            }
+            Self::Postgres(pool) => {
+                let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
+                sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_all(pool).await?
+            }
+        })
+    }
+
+    /// Closes every connection (on shutdown, so SQLite checkpoints its WAL).
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite { write, read } => {
+                read.close().await;
+                write.close().await;
+            }
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: how every timestamp is stored.
+pub fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,422 @@
+//! The dispatcher: one task that owns every live agent slot, the in-memory queue of jobs
+//! waiting for a slot, and the leases of running jobs. Everyone else talks to it through a
+//! [`Dispatcher`] handle (a channel), so assignment state has exactly one owner.
+//!
+//! It knows nothing of storage or points. When it pairs a job with a slot it hands the pair to
+//! an [`AssignSink`] (the job lifecycle), which persists the assignment and pushes the frame;
+//! when a lease is lost (agent gone, lease expired) it tells the sink, which decides between
+//! requeue and failure. The database's conditional updates settle any race between the two.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use infermine_protocol::{CloseCode, CoordinatorMessage, JobId, JobParams};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// An agent's WebSocket session.
+pub type SessionId = Uuid;
+
+/// What the dispatcher and the job lifecycle send down an agent's socket.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(CoordinatorMessage),
+    Close(CloseCode, String),
+}
+
+/// A slot an agent offers: one GPU, the models it may run, and how many jobs of each at once.
+#[derive(Debug, Clone)]
+pub struct SlotSpec {
+    pub gpu_index: u32,
+    pub miner_id: String,
+    pub models: Vec<(String, u32)>,
+}
+
+/// A job waiting for a slot.
+#[derive(Debug, Clone)]
+pub struct QueuedJob {
+    pub id: JobId,
+    pub model: String,
+    pub params: Arc<JobParams>,
+    pub lease: Duration,
+}
+
+/// A job paired with a slot, for the sink to persist and send.
+#[derive(Debug)]
+pub struct Assignment {
+    pub job: QueuedJob,
+    pub session: SessionId,
+    pub gpu_index: u32,
+    pub miner_id: String,
+    pub agent: mpsc::Sender<Outbound>,
+}
+
+/// Why a lease ended without a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostReason {
+    AgentDisconnected,
+    LeaseExpired,
+}
+
+impl LostReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AgentDisconnected => "agent disconnected",
+            Self::LeaseExpired => "lease expired before a result arrived",
+        }
+    }
+}
+
+/// Where the dispatcher's decisions go. Both calls must return quickly (spawn the I/O).
+pub trait AssignSink: Send + Sync + 'static {
+    /// Persist the assignment, then send the job frame. If the job is no longer queued (it was
+    /// cancelled), call [`Dispatcher::release`].
+    fn assign(&self, assignment: Assignment);
+    /// A lease ended without a result: requeue or fail the job.
+    fn lost(&self, job: JobId, session: SessionId, reason: LostReason);
+}
+
+/// Counts the dispatcher reports, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub agents: usize,
+    pub slots: usize,
+    pub queued: usize,
+    pub leased: usize,
+}
+
+enum Command {
+    Enqueue(QueuedJob),
+    AgentJoined { session: SessionId, sender: mpsc::Sender<Outbound>, slots: Vec<SlotSpec> },
+    AgentLeft { session: SessionId },
+    Finished { job: JobId, session: SessionId, latency: Option<Duration> },
+    Release { job: JobId, session: SessionId },
+    Cancel { job: JobId },
+    Drain,
+    Snapshot(oneshot::Sender<Snapshot>),
+}
+
+/// A cheap handle to the dispatcher task.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Dispatcher {
+    /// Creates the handle and the receiver the task will run on (see [`run`]).
+    pub fn channel() -> (Self, DispatcherInbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx }, DispatcherInbox(rx))
+    }
+
+    // A closed channel means the dispatcher stopped at shutdown; there is nothing left to tell.
+    fn send(&self, command: Command) {
+        let _ = self.tx.send(command);
+    }
+
+    /// A job was persisted as queued: find it a slot.
+    pub fn enqueue(&self, job: QueuedJob) {
+        self.send(Command::Enqueue(job));
+    }
+
+    pub fn agent_joined(&self, session: SessionId, sender: mpsc::Sender<Outbound>, slots: Vec<SlotSpec>) {
+        self.send(Command::AgentJoined { session, sender, slots });
+    }
+
+    /// The agent's socket is gone; its leases are lost.
+    pub fn agent_left(&self, session: SessionId) {
+        self.send(Command::AgentLeft { session });
+    }
+
+    /// A leased job ended (result stored or failure recorded): free its slot.
+    pub fn finished(&self, job: JobId, session: SessionId, latency: Option<Duration>) {
+        self.send(Command::Finished { job, session, latency });
+    }
+
+    /// The sink could not persist an assignment (the job left the queue): free the slot.
+    pub fn release(&self, job: JobId, session: SessionId) {
+        self.send(Command::Release { job, session });
+    }
+
+    /// The job was cancelled: drop it from the queue, or stop it on its agent.
+    pub fn cancel(&self, job: JobId) {
+        self.send(Command::Cancel { job });
+    }
+
+    /// Stop handing out jobs (shutdown); running leases continue.
+    pub fn drain(&self) {
+        self.send(Command::Drain);
+    }
+
+    pub async fn snapshot(&self) -> Snapshot {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Snapshot(tx));
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// The receiving end, consumed by [`run`].
+#[derive(Debug)]
+pub struct DispatcherInbox(mpsc::UnboundedReceiver<Command>);
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+type SlotKey = (SessionId, u32);
+
+#[derive(Debug)]
+struct Slot {
+    miner_id: String,
+    models: Vec<(String, u32)>,
+    running: u32,
+    latency_ms: u64,
+}
+
+#[derive(Debug)]
+struct Lease {
+    slot: SlotKey,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Agent {
+    sender: mpsc::Sender<Outbound>,
+    gpus: Vec<u32>,
+}
+
+/// The dispatcher's state. Only [`run`] touches it.
+struct State<S> {
+    sink: S,
+    draining: bool,
+    agents: HashMap<SessionId, Agent>,
+    slots: HashMap<SlotKey, Slot>,
+    /// Per model, the slots with room for one more job of it, fastest first.
+    idle: HashMap<String, BTreeSet<(u64, SlotKey)>>,
+    /// Per model, jobs waiting, oldest first; `u64` is the arrival order across models.
+    queues: HashMap<String, VecDeque<(u64, QueuedJob)>>,
+    arrivals: u64,
+    leases: HashMap<JobId, Lease>,
+    deadlines: BinaryHeap<Reverse<(Instant, JobId)>>,
+}
+
+/// Runs the dispatcher until every handle is dropped.
+pub async fn run(inbox: DispatcherInbox, sink: impl AssignSink) {
+    let DispatcherInbox(mut rx) = inbox;
+    let mut state = State {
+        sink,
+        draining: false,
+        agents: HashMap::new(),
+        slots: HashMap::new(),
+        idle: HashMap::new(),
+        queues: HashMap::new(),
+        arrivals: 0,
+        leases: HashMap::new(),
+        deadlines: BinaryHeap::new(),
+    };
+    loop {
+        let next_deadline = state.deadlines.peek().map(|Reverse((at, _))| *at);
+        let command = tokio::select! {
+            command = rx.recv() => match command {
+                Some(command) => command,
+                None => return,
+            },
+            () = sleep_until(next_deadline) => {
+                state.expire_leases(Instant::now());
+                continue;
+            }
+        };
+        state.handle(command);
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<S: AssignSink> State<S> {
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Enqueue(job) => self.enqueue(job),
+            Command::AgentJoined { session, sender, slots } => self.agent_joined(session, sender, slots),
+            Command::AgentLeft { session } => self.agent_left(session),
+            Command::Finished { job, session, latency } => self.end_lease(job, session, latency),
+            Command::Release { job, session } => self.end_lease(job, session, None),
+            Command::Cancel { job } => self.cancel(job),
+            Command::Drain => self.draining = true,
+            Command::Snapshot(reply) => {
+                let _ = reply.send(Snapshot {
+                    agents: self.agents.len(),
+                    slots: self.slots.len(),
+                    queued: self.queues.values().map(VecDeque::len).sum(),
+                    leased: self.leases.len(),
+                });
+            }
+        }
+    }
+
+    fn enqueue(&mut self, job: QueuedJob) {
+        if self.leases.contains_key(&job.id) {
+            return;
+        }
+        if !self.draining
+            && let Some(&(_, key)) = self.idle.get(&job.model).and_then(|set| set.first())
+        {
+            self.start(job, key);
+            return;
+        }
+        self.arrivals += 1;
+        self.queues.entry(job.model.clone()).or_default().push_back((self.arrivals, job));
+    }
+
+    fn agent_joined(&mut self, session: SessionId, sender: mpsc::Sender<Outbound>, specs: Vec<SlotSpec>) {
+        let gpus = specs.iter().map(|s| s.gpu_index).collect();
+        self.agents.insert(session, Agent { sender, gpus });
+        for spec in specs {
+            let key = (session, spec.gpu_index);
+            let slot = Slot { miner_id: spec.miner_id, models: spec.models, running: 0, latency_ms: 0 };
+            self.slots.insert(key, slot);
+            self.refill(key);
+        }
+    }
+
+    fn agent_left(&mut self, session: SessionId) {
+        let Some(agent) = self.agents.remove(&session) else { return };
+        for gpu in agent.gpus {
+            let key = (session, gpu);
+            self.set_idle(key, false);
+            self.slots.remove(&key);
+        }
+        let lost: Vec<JobId> =
+            self.leases.iter().filter(|(_, l)| l.slot.0 == session).map(|(id, _)| *id).collect();
+        for job in lost {
+            self.leases.remove(&job);
+            self.sink.lost(job, session, LostReason::AgentDisconnected);
+        }
+    }
+
+    fn cancel(&mut self, job: JobId) {
+        if let Some(lease) = self.leases.remove(&job) {
+            if let Some(agent) = self.agents.get(&lease.slot.0) {
+                let _ = agent.sender.try_send(Outbound::Frame(CoordinatorMessage::Cancel { job }));
+            }
+            self.slot_freed(lease.slot, None);
+            return;
+        }
+        for queue in self.queues.values_mut() {
+            queue.retain(|(_, queued)| queued.id != job);
+        }
+    }
+
+    /// A lease ended normally (result, failure report, or a refused assignment).
+    fn end_lease(&mut self, job: JobId, session: SessionId, latency: Option<Duration>) {
+        match self.leases.get(&job) {
+            Some(lease) if lease.slot.0 == session => {
+                let slot = lease.slot;
+                self.leases.remove(&job);
+                self.slot_freed(slot, latency);
+            }
+            _ => {}
+        }
+    }
+
+    fn expire_leases(&mut self, now: Instant) {
+        while let Some(Reverse((at, job))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            // Heap entries of leases that already ended are skipped here rather than removed.
+            let expired = matches!(self.leases.get(&job), Some(lease) if lease.deadline == at);
+            if !expired {
+                continue;
+            }
+            let Some(lease) = self.leases.remove(&job) else { continue };
+            if let Some(agent) = self.agents.get(&lease.slot.0) {
+                let _ = agent.sender.try_send(Outbound::Frame(CoordinatorMessage::Cancel { job }));
+            }
+            self.sink.lost(job, lease.slot.0, LostReason::LeaseExpired);
+            self.slot_freed(lease.slot, None);
+        }
+    }
+
+    fn start(&mut self, job: QueuedJob, key: SlotKey) {
+        let (Some(slot), Some(agent)) = (self.slots.get_mut(&key), self.agents.get(&key.0)) else {
+            return;
+        };
+        slot.running += 1;
+        let deadline = Instant::now() + job.lease;
+        self.leases.insert(job.id, Lease { slot: key, deadline });
+        self.deadlines.push(Reverse((deadline, job.id)));
+        let assignment = Assignment {
+            session: key.0,
+            gpu_index: key.1,
+            miner_id: slot.miner_id.clone(),
+            agent: agent.sender.clone(),
+            job,
+        };
+        self.update_idle(key);
+        self.sink.assign(assignment);
+    }
+
+    fn slot_freed(&mut self, key: SlotKey, latency: Option<Duration>) {
+        self.set_idle(key, false);
+        let Some(slot) = self.slots.get_mut(&key) else { return };
+        slot.running = slot.running.saturating_sub(1);
+        if let Some(latency) = latency {
+            // Exponentially weighted, so one slow job does not banish a fast GPU.
+            let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+            slot.latency_ms = if slot.latency_ms == 0 { ms } else { (slot.latency_ms * 7 + ms) / 8 };
+        }
+        self.refill(key);
+    }
+
+    /// Gives a slot the oldest queued jobs it can run, as long as it has room.
+    fn refill(&mut self, key: SlotKey) {
+        while !self.draining {
+            let Some(slot) = self.slots.get(&key) else { return };
+            let oldest = slot
+                .models
+                .iter()
+                .filter(|(_, concurrency)| slot.running < *concurrency)
+                .filter_map(|(model, _)| {
+                    self.queues.get(model)?.front().map(|(arrival, _)| (*arrival, model.clone()))
+                })
+                .min();
+            let Some((_, model)) = oldest else { break };
+            let Some((_, job)) = self.queues.get_mut(&model).and_then(VecDeque::pop_front) else {
+                break;
+            };
+            self.start(job, key);
+        }
+        self.update_idle(key);
+    }
+
+    /// Re-files the slot in the idle sets of the models it has room for.
+    fn update_idle(&mut self, key: SlotKey) {
+        self.set_idle(key, false);
+        self.set_idle(key, true);
+    }
+
+    fn set_idle(&mut self, key: SlotKey, insert: bool) {
+        let Some(slot) = self.slots.get(&key) else { return };
+        for (model, concurrency) in &slot.models {
+            let entry = (slot.latency_ms, key);
+            if insert {
+                if slot.running < *concurrency && !self.draining {
+                    self.idle.entry(model.clone()).or_default().insert(entry);
+                }
+            } else if let Some(set) = self.idle.get_mut(model) {
+                set.remove(&entry);
+            }
+        }
+    }
+}

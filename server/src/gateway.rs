@@ -1,0 +1,317 @@
+//! The agent gateway: `GET /v1/agent/ws`. One session per connected agent, always the same
+//! shape: wait for `hello`, check the miner token and protocol version, register the agent's
+//! slots with the dispatcher, then run a writer task (frames from the dispatcher and the
+//! lifecycle, plus heartbeats) beside a reader loop (results, failures, heartbeats) until
+//! either ends. Every way out tells the dispatcher, which requeues the agent's jobs.
+//!
+//! The session core is generic over the socket's halves so tests can drive it with channels.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use governor::{Quota, RateLimiter};
+use infermine_protocol::{
+    AgentMessage, CloseCode, CoordinatorMessage, Hello, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    SlotInfo, Welcome, decode_agent, encode,
+};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::{AuthError, MinerIdentity};
+use crate::dispatch::{Outbound, SessionId, SlotSpec};
+use crate::jobs::Refusal;
+use crate::miners;
+
+/// How long a new connection has to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames queued for one agent before senders wait.
+const OUTBOUND_BUFFER: usize = 1024;
+/// Most devices one agent may register.
+const MAX_DEVICES: usize = 64;
+
+pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| {
+            let (sink, stream) = socket.split();
+            session(state, sink, stream)
+        })
+}
+
+/// Why a session ended; the agent gets it as the close frame.
+#[derive(Debug)]
+struct Ending(CloseCode, String);
+
+impl Ending {
+    fn new(code: CloseCode, reason: impl Into<String>) -> Self {
+        Self(code, reason.into())
+    }
+}
+
+/// Runs one agent session to its end.
+pub async fn session<W, R>(state: AppState, mut sink: W, mut stream: R)
+where
+    W: Sink<Message> + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let session = Uuid::now_v7();
+    let (identity, welcome, slots) = match handshake(&state, session, &mut stream).await {
+        Ok(accepted) => accepted,
+        Err(Ending(code, reason)) => {
+            tracing::info!(%session, code = code.code(), %reason, "agent refused");
+            let _ = sink.send(close_frame(code, &reason)).await;
+            return;
+        }
+    };
+    let miner_ids: Vec<String> = welcome.slots.iter().map(|s| s.miner_id.clone()).collect();
+    if sink.send(text(&CoordinatorMessage::Welcome(welcome))).await.is_err() {
+        return;
+    }
+    let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+    state.dispatcher.agent_joined(session, tx.clone(), slots);
+    tracing::info!(%session, wallet = %identity.wallet, rig = %identity.name, "agent connected");
+
+    let heartbeat = Duration::from_secs(state.config.heartbeat_interval_s);
+    let mut writer = tokio::spawn(write_loop(sink, rx, heartbeat));
+    let Ending(code, reason) = tokio::select! {
+        ending = read_loop(&state, session, &mut stream) => ending,
+        _ = &mut writer => Ending::new(CloseCode::GoingAway, "connection lost while writing"),
+    };
+    tracing::info!(%session, code = code.code(), %reason, "agent session ended");
+    // The close frame goes after whatever is already queued; a stuck writer is stopped.
+    let closed = tx.try_send(Outbound::Close(code, reason)).is_ok()
+        && tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_ok();
+    if !closed {
+        writer.abort();
+    }
+    state.dispatcher.agent_left(session);
+    if let Err(e) = miners::seen(&state.db, &miner_ids).await {
+        tracing::warn!(%session, error = %e, "could not record when the miners were last seen");
+    }
+}
+
+/// Reads the hello and decides whether to accept the agent.
+async fn handshake<R>(
+    state: &AppState,
+    session: SessionId,
+    stream: &mut R,
+) -> Result<(MinerIdentity, Welcome, Vec<SlotSpec>), Ending>
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let first = tokio::time::timeout(HELLO_TIMEOUT, stream.next())
+        .await
+        .map_err(|_| Ending::new(CloseCode::HelloExpected, "no hello within 10 s of connecting"))?;
+    let hello = match first {
+        Some(Ok(Message::Text(text))) => match decode_agent(&text) {
+            Ok(AgentMessage::Hello(hello)) => hello,
+            Ok(_) => return Err(Ending::new(CloseCode::HelloExpected, "the first frame must be a hello")),
+            Err(e) => return Err(Ending::new(CloseCode::ProtocolError, format!("malformed hello: {e}"))),
+        },
+        _ => return Err(Ending::new(CloseCode::HelloExpected, "the first frame must be a JSON text hello")),
+    };
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(Ending::new(
+            CloseCode::IncompatibleProtocol,
+            format!(
+                "agent speaks protocol {} but this coordinator speaks {PROTOCOL_VERSION}: install the matching infermine-agent",
+                hello.protocol
+            ),
+        ));
+    }
+    let identity = state.auth.verify_miner_token(&hello.token).await.map_err(|e| match e {
+        AuthError::Db(e) => {
+            tracing::error!(error = %e, "token check failed");
+            Ending::new(CloseCode::GoingAway, "coordinator unavailable; retry later")
+        }
+        other => Ending::new(CloseCode::Unauthorized, other.to_string()),
+    })?;
+    let slots = plan_slots(state, &identity, &hello)?;
+    if let Err(e) = miners::register(&state.db, &identity, &hello.gpus).await {
+        tracing::error!(error = %e, "could not record the agent's miners");
+        return Err(Ending::new(CloseCode::GoingAway, "coordinator unavailable; retry later"));
+    }
+    let welcome = Welcome {
+        session: session.to_string(),
+        heartbeat_s: state.config.heartbeat_interval_s,
+        slots: slots
+            .iter()
+            .map(|s| SlotInfo {
+                gpu_index: s.gpu_index,
+                miner_id: s.miner_id.clone(),
+                models: s.models.iter().map(|(m, _)| m.clone()).collect(),
+            })
+            .collect(),
+    };
+    Ok((identity, welcome, slots))
+}
+
+/// One slot per device, each with the models the device may run per the registry.
+fn plan_slots(state: &AppState, identity: &MinerIdentity, hello: &Hello) -> Result<Vec<SlotSpec>, Ending> {
+    if hello.gpus.is_empty() || hello.gpus.len() > MAX_DEVICES {
+        return Err(Ending::new(
+            CloseCode::PolicyViolation,
+            format!("an agent must report between 1 and {MAX_DEVICES} devices, not {}", hello.gpus.len()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let registry = state.jobs.registry();
+    let mut slots = Vec::with_capacity(hello.gpus.len());
+    for gpu in &hello.gpus {
+        if !seen.insert(gpu.index) {
+            return Err(Ending::new(CloseCode::ProtocolError, format!("device index {} reported twice", gpu.index)));
+        }
+        let models = hello
+            .models
+            .iter()
+            .filter_map(|m| registry.get(&m.id))
+            .filter(|spec| registry.eligible(spec, gpu))
+            .map(|spec| (spec.id.clone(), spec.slot_concurrency))
+            .collect();
+        slots.push(SlotSpec { gpu_index: gpu.index, miner_id: identity.miner_id(gpu.index), models });
+    }
+    Ok(slots)
+}
+
+/// Sends queued frames (batched into one flush) and heartbeats until told to close.
+async fn write_loop<W>(mut sink: W, mut rx: mpsc::Receiver<Outbound>, heartbeat: Duration)
+where
+    W: Sink<Message> + Unpin,
+{
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        let first = tokio::select! {
+            outbound = rx.recv() => outbound,
+            _ = ticker.tick() => {
+                let beat = CoordinatorMessage::Heartbeat { time_ms: crate::db::now_ms().unsigned_abs() };
+                if sink.send(text(&beat)).await.is_err() { return; }
+                continue;
+            }
+        };
+        let mut next = first;
+        loop {
+            match next {
+                Some(Outbound::Frame(frame)) => {
+                    if sink.feed(text(&frame)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Outbound::Close(code, reason)) => {
+                    let _ = sink.send(close_frame(code, &reason)).await;
+                    return;
+                }
+                None => {
+                    let _ = sink.send(close_frame(CloseCode::GoingAway, "coordinator shutting down")).await;
+                    return;
+                }
+            }
+            match rx.try_recv() {
+                Ok(more) => next = Some(more),
+                Err(_) => break,
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads frames until the agent leaves or breaks a rule.
+async fn read_loop<R>(state: &AppState, session: SessionId, stream: &mut R) -> Ending
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let per_second = NonZeroU32::new(state.config.agent_max_frames_per_s).unwrap_or(NonZeroU32::MIN);
+    let limiter = RateLimiter::direct(Quota::per_second(per_second).allow_burst(per_second.saturating_mul(NonZeroU32::MIN.saturating_add(1))));
+    let silence = Duration::from_secs(state.config.agent_timeout_s);
+    let mut closing = state.closing.clone();
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(silence, stream.next()) => next,
+            _ = closing.wait_for(|closing| *closing) => {
+                return Ending::new(CloseCode::GoingAway, "coordinator shutting down; reconnect later");
+            }
+        };
+        let message = match next {
+            Err(_) => {
+                return Ending::new(CloseCode::HeartbeatTimeout, format!("no frame for {} s", silence.as_secs()));
+            }
+            Ok(None) => return Ending::new(CloseCode::GoingAway, "connection closed"),
+            Ok(Some(Err(e))) => return read_error(&e),
+            Ok(Some(Ok(message))) => message,
+        };
+        if limiter.check().is_err() {
+            return Ending::new(
+                CloseCode::PolicyViolation,
+                format!("more than {per_second} frames per second"),
+            );
+        }
+        match message {
+            Message::Text(text) => match decode_agent(&text) {
+                Ok(message) => {
+                    if let Some(ending) = handle(state, session, message).await {
+                        return ending;
+                    }
+                }
+                Err(e) => return Ending::new(CloseCode::ProtocolError, format!("malformed frame: {e}")),
+            },
+            Message::Binary(_) => {
+                return Ending::new(CloseCode::ProtocolError, "binary frames are not supported; send JSON text frames");
+            }
+            Message::Close(_) => return Ending::new(CloseCode::GoingAway, "agent closed the connection"),
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    }
+}
+
+fn read_error(error: &axum::Error) -> Ending {
+    let detail = error.to_string();
+    if detail.contains("too long") || detail.contains("too big") {
+        Ending::new(CloseCode::MessageTooBig, format!("frame larger than {MAX_FRAME_BYTES} bytes"))
+    } else {
+        Ending::new(CloseCode::ProtocolError, format!("unreadable frame: {detail}"))
+    }
+}
+
+/// Acts on one frame; `Some` ends the session.
+async fn handle(state: &AppState, session: SessionId, message: AgentMessage) -> Option<Ending> {
+    let outcome = match message {
+        AgentMessage::Hello(_) => return Some(Ending::new(CloseCode::ProtocolError, "hello sent twice")),
+        AgentMessage::Result(result) => state.jobs.complete(session, result).await,
+        AgentMessage::Failed { job, reason, retryable } => {
+            state.jobs.attempt_failed(session, job, &reason, retryable).await
+        }
+        AgentMessage::Accepted { .. }
+        | AgentMessage::Token { .. }
+        | AgentMessage::Heartbeat { .. }
+        | AgentMessage::Proof { .. } => Ok(()),
+    };
+    match outcome {
+        Ok(()) => {}
+        Err(Refusal::NotLeased(job)) => {
+            tracing::warn!(%session, %job, "refused a report for a job not leased to this agent");
+        }
+        Err(Refusal::Db(e)) => tracing::error!(%session, error = %e, "could not record an agent's report"),
+    }
+    None
+}
+
+fn text(message: &CoordinatorMessage) -> Message {
+    Message::Text(encode(message).into())
+}
+
+fn close_frame(code: CloseCode, reason: &str) -> Message {
+    // Close reasons are limited to 123 bytes on the wire.
+    let mut reason = reason.to_owned();
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    Message::Close(Some(CloseFrame { code: code.code(), reason: reason.into() }))
+}

@@ -1,0 +1,257 @@
+//! The job lifecycle: validate → persist → hand to the dispatcher → (agent runs it) → check
+//! the result → persist → answer the consumer. It owns every state change of a job; the
+//! dispatcher only pairs jobs with slots, and the gateway only turns frames into calls here.
+//!
+//! Persist first, then wake: a job exists in the database before the dispatcher hears of it,
+//! so a crash at any point leaves it queued (and `recover` queues it again at start-up).
+
+pub mod api;
+mod check;
+pub mod store;
+mod waiters;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use infermine_protocol::{CoordinatorMessage, JobAssignment, JobId, JobParams, JobResult};
+use tokio::time::Instant;
+use crate::db::{Db, DbError, now_ms};
+use crate::dispatch::{AssignSink, Assignment, Dispatcher, LostReason, Outbound, QueuedJob, SessionId};
+use crate::registry::Registry;
+use store::{AttemptEnd, NewLease, QueueRow};
+use waiters::Waiters;
+
+/// Why a result or failure report from an agent was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("job {0} is not leased to this agent")]
+    NotLeased(JobId),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// A job currently leased, as the lifecycle remembers it for checking its result.
+#[derive(Debug)]
+struct Inflight {
+    session: SessionId,
+    params: Arc<JobParams>,
+    assigned_at: Instant,
+}
+
+/// Settings of the lifecycle, from the coordinator's config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_attempts: u32,
+    pub lease_grace: Duration,
+    pub max_wait: Duration,
+}
+
+/// The job lifecycle. Shared as `Arc<Jobs>`; it is also the dispatcher's [`AssignSink`].
+#[derive(Debug)]
+pub struct Jobs {
+    db: Db,
+    registry: Arc<Registry>,
+    dispatcher: Dispatcher,
+    limits: Limits,
+    inflight: Mutex<HashMap<JobId, Inflight>>,
+    waiters: Waiters,
+}
+
+impl Jobs {
+    pub fn new(db: Db, registry: Arc<Registry>, dispatcher: Dispatcher, limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            db,
+            registry,
+            dispatcher,
+            limits,
+            inflight: Mutex::new(HashMap::new()),
+            waiters: Waiters::default(),
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn inflight(&self) -> MutexGuard<'_, HashMap<JobId, Inflight>> {
+        self.inflight.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long an agent may hold a job of `model` before it moves elsewhere.
+    fn lease_for(&self, model: &str, params: &JobParams) -> Duration {
+        let deadline = self
+            .registry
+            .get(model)
+            .map_or(Duration::from_secs(60), |spec| Duration::from_millis(spec.deadline_ms));
+        let requested_delay = match params {
+            JobParams::Synthetic(p) => Duration::from_millis(u64::from(p.delay_ms)),
+            _ => Duration::ZERO,
+        };
+        deadline.max(requested_delay * 2) + self.limits.lease_grace
+    }
+
+    /// Re-queues what a previous run left behind: leases (void, no agent is connected yet)
+    /// and queued jobs. Returns how many jobs were queued.
+    pub async fn recover(&self) -> Result<usize, DbError> {
+        let released = store::release_all_leases(&self.db).await?;
+        let queued = store::queued(&self.db).await?;
+        let count = queued.len();
+        for row in queued {
+            self.enqueue_row(row);
+        }
+        if count > 0 {
+            tracing::info!(queued = count, released_leases = released, "recovered jobs from the database");
+        }
+        Ok(count)
+    }
+
+    fn enqueue_row(&self, row: QueueRow) {
+        match serde_json::from_str::<JobParams>(&row.params) {
+            Ok(params) => {
+                let lease = self.lease_for(&row.model, &params);
+                self.dispatcher.enqueue(QueuedJob {
+                    id: row.id,
+                    model: row.model,
+                    params: Arc::new(params),
+                    lease,
+                });
+            }
+            // Only a hand-edited row can get here: the API stores what it parsed.
+            Err(e) => tracing::error!(job = %row.id, error = %e, "stored params do not parse; job left queued"),
+        }
+    }
+
+    /// An agent returned a result. Checks it, stores it, completes the job, frees the slot.
+    pub async fn complete(&self, session: SessionId, result: JobResult) -> Result<(), Refusal> {
+        let job = result.job;
+        let (params, assigned_at) = match self.inflight().get(&job) {
+            Some(f) if f.session == session => (Arc::clone(&f.params), f.assigned_at),
+            _ => return Err(Refusal::NotLeased(job)),
+        };
+        if let Err(problem) = check::output(&params, &result.output) {
+            tracing::warn!(%job, %session, %problem, "agent returned an invalid output");
+            return self.attempt_failed(session, job, &format!("invalid output: {problem}"), true).await;
+        }
+        let output = serde_json::to_string(&result.output).map_err(|e| DbError::Sqlx(sqlx::Error::Encode(e.into())))?;
+        let metrics = serde_json::to_string(&result.metrics).map_err(|e| DbError::Sqlx(sqlx::Error::Encode(e.into())))?;
+        if !store::mark_completed(&self.db, job, session, &output, &metrics).await? {
+            self.inflight().remove(&job);
+            return Err(Refusal::NotLeased(job));
+        }
+        self.inflight().remove(&job);
+        self.dispatcher.finished(job, session, Some(assigned_at.elapsed()));
+        self.waiters.wake(job);
+        Ok(())
+    }
+
+    /// An agent reported that it could not run a job.
+    pub async fn attempt_failed(
+        &self,
+        session: SessionId,
+        job: JobId,
+        reason: &str,
+        retryable: bool,
+    ) -> Result<(), Refusal> {
+        if !matches!(self.inflight().get(&job), Some(f) if f.session == session) {
+            return Err(Refusal::NotLeased(job));
+        }
+        let retry_within = retryable.then_some(self.limits.max_attempts);
+        let end = store::end_attempt(&self.db, job, Some(session), reason, retry_within).await?;
+        self.inflight().remove(&job);
+        self.dispatcher.finished(job, session, None);
+        self.settle(job, end);
+        Ok(())
+    }
+
+    fn settle(&self, job: JobId, end: AttemptEnd) {
+        match end {
+            AttemptEnd::Requeued(row) => self.enqueue_row(row),
+            AttemptEnd::Failed => self.waiters.wake(job),
+            AttemptEnd::NotLeased => {}
+        }
+    }
+
+    async fn persist_assignment(&self, assignment: Assignment) -> Result<(), DbError> {
+        let Assignment { job, session, gpu_index, miner_id, agent } = assignment;
+        let lease_ms = u64::try_from(job.lease.as_millis()).unwrap_or(u64::MAX);
+        let wallet = miner_id.split('-').next().unwrap_or_default();
+        let lease = NewLease {
+            id: job.id,
+            session,
+            miner_id: &miner_id,
+            wallet,
+            lease_expires_ms: now_ms().saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX)),
+        };
+        let Some(attempt) = store::mark_assigned(&self.db, &lease).await? else {
+            self.dispatcher.release(job.id, session);
+            return Ok(());
+        };
+        self.inflight().insert(
+            job.id,
+            Inflight { session, params: Arc::clone(&job.params), assigned_at: Instant::now() },
+        );
+        let frame = CoordinatorMessage::Job(JobAssignment {
+            id: job.id,
+            model: job.model,
+            slot: gpu_index,
+            params: (*job.params).clone(),
+            lease_ms,
+            attempt,
+        });
+        if agent.send(Outbound::Frame(frame)).await.is_err() {
+            // The session ended between pairing and sending; its departure notice requeues
+            // leases it knew of, and this one it may not have seen yet.
+            self.lose_lease(job.id, session, LostReason::AgentDisconnected).await;
+        }
+        Ok(())
+    }
+
+    async fn lose_lease(&self, job: JobId, session: SessionId, reason: LostReason) {
+        self.inflight().remove(&job);
+        match store::end_attempt(&self.db, job, Some(session), reason.as_str(), Some(self.limits.max_attempts)).await {
+            Ok(end) => {
+                if !matches!(end, AttemptEnd::NotLeased) {
+                    tracing::info!(%job, %session, reason = reason.as_str(), requeued = matches!(end, AttemptEnd::Requeued(_)), "lease lost");
+                }
+                self.settle(job, end);
+            }
+            Err(e) => tracing::error!(%job, error = %e, "could not requeue a lost lease; the sweeper will retry"),
+        }
+    }
+
+    /// Safety net behind the dispatcher's timers: requeues leases long past their deadline.
+    pub async fn sweep_overdue(&self) -> Result<(), DbError> {
+        let cutoff = now_ms() - i64::try_from(self.limits.lease_grace.as_millis()).unwrap_or(0) * 2;
+        for job in store::overdue_leases(&self.db, cutoff).await? {
+            tracing::warn!(%job, "lease overdue without a dispatcher timer; requeueing");
+            self.inflight().remove(&job);
+            let end = store::end_attempt(&self.db, job, None, LostReason::LeaseExpired.as_str(), Some(self.limits.max_attempts)).await?;
+            self.settle(job, end);
+        }
+        Ok(())
+    }
+}
+
+impl AssignSink for Arc<Jobs> {
+    fn assign(&self, assignment: Assignment) {
+        let jobs = Arc::clone(self);
+        tokio::spawn(async move {
+            let (job, session) = (assignment.job.id, assignment.session);
+            if let Err(e) = jobs.persist_assignment(assignment).await {
+                tracing::error!(%job, error = %e, "could not persist an assignment; job stays queued");
+                jobs.dispatcher.release(job, session);
+                // Still queued in the database; try again shortly rather than strand it.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Ok(Some(row)) = store::queued_one(&jobs.db, job).await {
+                    jobs.enqueue_row(row);
+                }
+            }
+        });
+    }
+
+    fn lost(&self, job: JobId, session: SessionId, reason: LostReason) {
+        let jobs = Arc::clone(self);
+        tokio::spawn(async move { jobs.lose_lease(job, session, reason).await });
+    }
+}

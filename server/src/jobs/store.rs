@@ -1,0 +1,336 @@
+//! The jobs table. Every transition is one conditional statement (`… WHERE status =
+//! expected`), so two writers racing over a job (a result and a lease expiry, say) cannot
+//! both win: the loser touches no row and learns it lost.
+
+use sea_query::{Expr, ExprTrait, Iden, Query, SelectStatement, UpdateStatement};
+use uuid::Uuid;
+
+use crate::db::{Db, DbError, now_ms};
+
+#[derive(Iden)]
+pub(crate) enum Jobs {
+    Table,
+    Id,
+    Model,
+    Kind,
+    Params,
+    Status,
+    Attempts,
+    ApiKeyId,
+    AgentSession,
+    MinerId,
+    Wallet,
+    LeaseExpiresMs,
+    Output,
+    Metrics,
+    Error,
+    CreatedMs,
+    AssignedMs,
+    FinishedMs,
+    UpdatedMs,
+}
+
+/// A job's lifecycle states, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Assigned,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Assigned => "assigned",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "queued" => Self::Queued,
+            "assigned" => Self::Assigned,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the job can change no more.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// A job as read back for its owner.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub model: String,
+    pub status: String,
+    pub attempts: i32,
+    pub api_key_id: Option<Uuid>,
+    pub miner_id: Option<String>,
+    pub output: Option<String>,
+    pub metrics: Option<String>,
+    pub error: Option<String>,
+    pub created_ms: i64,
+    pub assigned_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+}
+
+/// What the dispatcher needs to queue a job again.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct QueueRow {
+    pub id: Uuid,
+    pub model: String,
+    pub params: String,
+}
+
+/// A new job, as the consumer API persists it.
+#[derive(Debug)]
+pub struct NewJob<'a> {
+    pub id: Uuid,
+    pub model: &'a str,
+    pub kind: &'a str,
+    pub params: &'a str,
+    pub api_key_id: Uuid,
+}
+
+/// A lease the dispatcher handed out.
+#[derive(Debug)]
+pub struct NewLease<'a> {
+    pub id: Uuid,
+    pub session: Uuid,
+    pub miner_id: &'a str,
+    pub wallet: &'a str,
+    pub lease_expires_ms: i64,
+}
+
+/// The outcome of ending an attempt without a result.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AttemptEnd {
+    Requeued(QueueRow),
+    Failed,
+    /// The job was not (or no longer) leased to that session.
+    NotLeased,
+}
+
+const JOB_COLUMNS: [Jobs; 12] = [
+    Jobs::Id,
+    Jobs::Model,
+    Jobs::Status,
+    Jobs::Attempts,
+    Jobs::ApiKeyId,
+    Jobs::MinerId,
+    Jobs::Output,
+    Jobs::Metrics,
+    Jobs::Error,
+    Jobs::CreatedMs,
+    Jobs::AssignedMs,
+    Jobs::FinishedMs,
+];
+
+pub async fn insert(db: &Db, job: &NewJob<'_>) -> Result<i64, DbError> {
+    let now = now_ms();
+    let insert = Query::insert()
+        .into_table(Jobs::Table)
+        .columns([
+            Jobs::Id,
+            Jobs::Model,
+            Jobs::Kind,
+            Jobs::Params,
+            Jobs::Status,
+            Jobs::ApiKeyId,
+            Jobs::CreatedMs,
+            Jobs::UpdatedMs,
+        ])
+        .values_panic([
+            job.id.into(),
+            job.model.into(),
+            job.kind.into(),
+            job.params.into(),
+            Status::Queued.as_str().into(),
+            job.api_key_id.into(),
+            now.into(),
+            now.into(),
+        ])
+        .to_owned();
+    db.execute(&insert).await?;
+    Ok(now)
+}
+
+pub async fn get(db: &Db, id: Uuid) -> Result<Option<JobRow>, DbError> {
+    let select = Query::select()
+        .columns(JOB_COLUMNS)
+        .from(Jobs::Table)
+        .and_where(Expr::col(Jobs::Id).eq(id))
+        .to_owned();
+    db.fetch_optional(&select).await
+}
+
+/// queued → assigned; returns the attempt number, or `None` when the job is no longer queued
+/// (cancelled meanwhile).
+pub async fn mark_assigned(db: &Db, lease: &NewLease<'_>) -> Result<Option<u32>, DbError> {
+    let now = now_ms();
+    let update = Query::update()
+        .table(Jobs::Table)
+        .value(Jobs::Status, Status::Assigned.as_str())
+        .value(Jobs::AgentSession, lease.session)
+        .value(Jobs::MinerId, lease.miner_id)
+        .value(Jobs::Wallet, lease.wallet)
+        .value(Jobs::LeaseExpiresMs, lease.lease_expires_ms)
+        .value(Jobs::AssignedMs, now)
+        .value(Jobs::UpdatedMs, now)
+        .value(Jobs::Attempts, Expr::col(Jobs::Attempts).add(1))
+        .and_where(Expr::col(Jobs::Id).eq(lease.id))
+        .and_where(Expr::col(Jobs::Status).eq(Status::Queued.as_str()))
+        .returning_col(Jobs::Attempts)
+        .to_owned();
+    let rows: Vec<(i32,)> = db.write_returning(&update).await?;
+    Ok(rows.first().map(|(attempts,)| u32::try_from(*attempts).unwrap_or(1)))
+}
+
+/// assigned (to `session`) → completed, with the output. False when the lease was lost.
+pub async fn mark_completed(
+    db: &Db,
+    id: Uuid,
+    session: Uuid,
+    output: &str,
+    metrics: &str,
+) -> Result<bool, DbError> {
+    let now = now_ms();
+    let update = Query::update()
+        .table(Jobs::Table)
+        .value(Jobs::Status, Status::Completed.as_str())
+        .value(Jobs::Output, output)
+        .value(Jobs::Metrics, metrics)
+        .value(Jobs::Error, Option::<String>::None)
+        .value(Jobs::LeaseExpiresMs, Option::<i64>::None)
+        .value(Jobs::FinishedMs, now)
+        .value(Jobs::UpdatedMs, now)
+        .and_where(Expr::col(Jobs::Id).eq(id))
+        .and_where(Expr::col(Jobs::Status).eq(Status::Assigned.as_str()))
+        .and_where(Expr::col(Jobs::AgentSession).eq(session))
+        .to_owned();
+    Ok(db.execute(&update).await? == 1)
+}
+
+/// Ends an attempt that produced no result. The job goes back to the queue while it has
+/// attempts left and the failure allows a retry; otherwise it fails with `reason`.
+/// `session` restricts this to the lease holder (`None`: whoever holds it).
+pub async fn end_attempt(
+    db: &Db,
+    id: Uuid,
+    session: Option<Uuid>,
+    reason: &str,
+    retry_within: Option<u32>,
+) -> Result<AttemptEnd, DbError> {
+    let now = now_ms();
+    if let Some(max_attempts) = retry_within {
+        let requeue = leased(id, session)
+            .value(Jobs::Status, Status::Queued.as_str())
+            .value(Jobs::AgentSession, Option::<Uuid>::None)
+            .value(Jobs::LeaseExpiresMs, Option::<i64>::None)
+            .value(Jobs::Error, reason)
+            .value(Jobs::UpdatedMs, now)
+            .and_where(Expr::col(Jobs::Attempts).lt(i64::from(max_attempts)))
+            .returning(Query::returning().columns([Jobs::Id, Jobs::Model, Jobs::Params]))
+            .to_owned();
+        if let Some(row) = db.write_returning::<QueueRow>(&requeue).await?.pop() {
+            return Ok(AttemptEnd::Requeued(row));
+        }
+    }
+    let fail = leased(id, session)
+        .value(Jobs::Status, Status::Failed.as_str())
+        .value(Jobs::LeaseExpiresMs, Option::<i64>::None)
+        .value(Jobs::Error, reason)
+        .value(Jobs::FinishedMs, now)
+        .value(Jobs::UpdatedMs, now)
+        .to_owned();
+    Ok(if db.execute(&fail).await? == 1 { AttemptEnd::Failed } else { AttemptEnd::NotLeased })
+}
+
+fn leased(id: Uuid, session: Option<Uuid>) -> UpdateStatement {
+    let mut update = Query::update();
+    update
+        .table(Jobs::Table)
+        .and_where(Expr::col(Jobs::Id).eq(id))
+        .and_where(Expr::col(Jobs::Status).eq(Status::Assigned.as_str()));
+    if let Some(session) = session {
+        update.and_where(Expr::col(Jobs::AgentSession).eq(session));
+    }
+    update
+}
+
+/// queued|assigned → cancelled, for the job's owner. Returns the status it had, if it moved.
+pub async fn mark_cancelled(db: &Db, id: Uuid, api_key_id: Uuid) -> Result<bool, DbError> {
+    let now = now_ms();
+    let update = Query::update()
+        .table(Jobs::Table)
+        .value(Jobs::Status, Status::Cancelled.as_str())
+        .value(Jobs::LeaseExpiresMs, Option::<i64>::None)
+        .value(Jobs::FinishedMs, now)
+        .value(Jobs::UpdatedMs, now)
+        .and_where(Expr::col(Jobs::Id).eq(id))
+        .and_where(Expr::col(Jobs::ApiKeyId).eq(api_key_id))
+        .and_where(Expr::col(Jobs::Status).is_in([Status::Queued.as_str(), Status::Assigned.as_str()]))
+        .to_owned();
+    Ok(db.execute(&update).await? == 1)
+}
+
+/// At start-up no agent is connected yet, so every lease is void: back to the queue.
+pub async fn release_all_leases(db: &Db) -> Result<u64, DbError> {
+    let update = Query::update()
+        .table(Jobs::Table)
+        .value(Jobs::Status, Status::Queued.as_str())
+        .value(Jobs::AgentSession, Option::<Uuid>::None)
+        .value(Jobs::LeaseExpiresMs, Option::<i64>::None)
+        .value(Jobs::UpdatedMs, now_ms())
+        .and_where(Expr::col(Jobs::Status).eq(Status::Assigned.as_str()))
+        .to_owned();
+    db.execute(&update).await
+}
+
+/// Every queued job, oldest first.
+pub async fn queued(db: &Db) -> Result<Vec<QueueRow>, DbError> {
+    let select: SelectStatement = Query::select()
+        .columns([Jobs::Id, Jobs::Model, Jobs::Params])
+        .from(Jobs::Table)
+        .and_where(Expr::col(Jobs::Status).eq(Status::Queued.as_str()))
+        .order_by(Jobs::CreatedMs, sea_query::Order::Asc)
+        .order_by(Jobs::Id, sea_query::Order::Asc)
+        .to_owned();
+    db.fetch_all(&select).await
+}
+
+/// One job, if it is still queued.
+pub async fn queued_one(db: &Db, id: Uuid) -> Result<Option<QueueRow>, DbError> {
+    let select = Query::select()
+        .columns([Jobs::Id, Jobs::Model, Jobs::Params])
+        .from(Jobs::Table)
+        .and_where(Expr::col(Jobs::Id).eq(id))
+        .and_where(Expr::col(Jobs::Status).eq(Status::Queued.as_str()))
+        .to_owned();
+    db.fetch_optional(&select).await
+}
+
+/// Leases whose deadline passed `cutoff_ms` long ago: a safety net behind the dispatcher's
+/// own timers, for leases it no longer tracks.
+pub async fn overdue_leases(db: &Db, cutoff_ms: i64) -> Result<Vec<Uuid>, DbError> {
+    let select = Query::select()
+        .column(Jobs::Id)
+        .from(Jobs::Table)
+        .and_where(Expr::col(Jobs::Status).eq(Status::Assigned.as_str()))
+        .and_where(Expr::col(Jobs::LeaseExpiresMs).lt(cutoff_ms))
+        .to_owned();
+    let rows: Vec<(Uuid,)> = db.fetch_all(&select).await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
