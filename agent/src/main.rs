@@ -1,1 +1,46 @@
-fn main() {}
+//! `infermine-agent`: parses the configuration, sets up logging, and runs the agent until
+//! SIGTERM or ctrl-c. Exit status: 0 after a clean stop, 1 for a bad configuration, 2 when
+//! the coordinator refuses the miner token, 3 for a protocol mismatch, 4 when suspended.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use infermine_agent::{AgentConfig, Cli, Command, run_agent, shutdown_signal};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    // Fails only when a provider is already installed, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let Command::Run(args) = cli.command;
+    let config = match AgentConfig::load(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("invalid configuration: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run_agent(config, shutdown_signal())) {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -111,7 +111,9 @@ impl Auth {
         let wallet = normalize_wallet(wallet)?;
         if name.is_empty()
             || name.len() > 32
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(AuthError::BadName(name.to_owned()));
         }
@@ -125,8 +127,18 @@ impl Auth {
             .map_err(|e| AuthError::Secret(e.to_string()))?;
         let insert = Query::insert()
             .into_table(MinerTokens::Table)
-            .columns([MinerTokens::Id, MinerTokens::Wallet, MinerTokens::Name, MinerTokens::CreatedMs])
-            .values_panic([claims.jti.into(), wallet.into(), name.into(), now_ms().into()])
+            .columns([
+                MinerTokens::Id,
+                MinerTokens::Wallet,
+                MinerTokens::Name,
+                MinerTokens::CreatedMs,
+            ])
+            .values_panic([
+                claims.jti.into(),
+                wallet.into(),
+                name.into(),
+                now_ms().into(),
+            ])
             .to_owned();
         self.db.execute(&insert).await?;
         Ok(token)
@@ -151,18 +163,35 @@ impl Auth {
         if found.is_none() {
             return Err(AuthError::RevokedToken);
         }
-        Ok(MinerIdentity { wallet: claims.sub, name: claims.name, token_id: claims.jti })
+        Ok(MinerIdentity {
+            wallet: claims.sub,
+            name: claims.name,
+            token_id: claims.jti,
+        })
     }
 
     /// Creates a consumer API key. The key is returned once; only its hash is kept.
     pub async fn create_api_key(&self, name: &str) -> Result<String, AuthError> {
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
-        let key = format!("imk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+        let key = format!(
+            "imk_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
         let insert = Query::insert()
             .into_table(ApiKeys::Table)
-            .columns([ApiKeys::Id, ApiKeys::Name, ApiKeys::KeySha256, ApiKeys::CreatedMs])
-            .values_panic([Uuid::now_v7().into(), name.into(), sha256_hex(&key).into(), now_ms().into()])
+            .columns([
+                ApiKeys::Id,
+                ApiKeys::Name,
+                ApiKeys::KeySha256,
+                ApiKeys::CreatedMs,
+            ])
+            .values_panic([
+                Uuid::now_v7().into(),
+                name.into(),
+                sha256_hex(&key).into(),
+                now_ms().into(),
+            ])
             .to_owned();
         self.db.execute(&insert).await?;
         Ok(key)
@@ -190,13 +219,17 @@ impl Auth {
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Uuid, Instant)>> {
-        self.api_key_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.api_key_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 /// Lowercases a wallet address after checking its shape.
 pub fn normalize_wallet(wallet: &str) -> Result<String, AuthError> {
-    let hex = wallet.strip_prefix("0x").or_else(|| wallet.strip_prefix("0X"));
+    let hex = wallet
+        .strip_prefix("0x")
+        .or_else(|| wallet.strip_prefix("0X"));
     match hex {
         Some(hex) if hex.len() == 40 && hex.chars().all(|c| c.is_ascii_hexdigit()) => {
             Ok(format!("0x{}", hex.to_ascii_lowercase()))
@@ -215,7 +248,11 @@ fn load_secret(config: &Config) -> Result<Vec<u8>, AuthError> {
         (None, Some(path)) => read_secret(path)?,
         (None, None) => {
             let path = config.data_dir.join("jwt.secret");
-            if path.exists() { read_secret(&path)? } else { generate_secret(&path)? }
+            if path.exists() {
+                read_secret(&path)?
+            } else {
+                generate_secret(&path)?
+            }
         }
     };
     if secret.len() < 32 {
@@ -234,7 +271,8 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, AuthError> {
 }
 
 fn generate_secret(path: &Path) -> Result<Vec<u8>, AuthError> {
-    let fail = |e: std::io::Error| AuthError::Secret(format!("cannot write {}: {e}", path.display()));
+    let fail =
+        |e: std::io::Error| AuthError::Secret(format!("cannot write {}: {e}", path.display()));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
@@ -287,11 +325,17 @@ mod tests {
         let token = auth.mint_miner_token(wallet, "rig1").await.expect("mint");
         let who = auth.verify_miner_token(&token).await.expect("valid");
         assert_eq!(who.wallet, wallet.to_ascii_lowercase());
-        assert_eq!(who.miner_id(1), format!("{}-rig1-gpu1", wallet.to_ascii_lowercase()));
+        assert_eq!(
+            who.miner_id(1),
+            format!("{}-rig1-gpu1", wallet.to_ascii_lowercase())
+        );
 
         let mut tampered = token.clone();
         tampered.pop();
-        assert!(matches!(auth.verify_miner_token(&tampered).await, Err(AuthError::BadToken(_))));
+        assert!(matches!(
+            auth.verify_miner_token(&tampered).await,
+            Err(AuthError::BadToken(_))
+        ));
 
         // A token signed with another secret is refused even though it is well formed.
         let other = tempfile::tempdir().expect("tempdir");
@@ -299,8 +343,14 @@ mod tests {
         let other_db = Db::connect(&other_config.database_url()).await.expect("db");
         other_db.migrate().await.expect("migrate");
         let foreign = Auth::new(&other_config, other_db).expect("auth");
-        let forged = foreign.mint_miner_token(wallet, "rig1").await.expect("mint");
-        assert!(matches!(auth.verify_miner_token(&forged).await, Err(AuthError::BadToken(_))));
+        let forged = foreign
+            .mint_miner_token(wallet, "rig1")
+            .await
+            .expect("mint");
+        assert!(matches!(
+            auth.verify_miner_token(&forged).await,
+            Err(AuthError::BadToken(_))
+        ));
 
         // The secret persists: a second Auth over the same data dir accepts the token.
         let again = Auth::new(&Config::with_data_dir(dir.path()), auth.db.clone()).expect("auth");
@@ -310,12 +360,23 @@ mod tests {
     #[tokio::test]
     async fn bad_wallets_and_names_are_refused() {
         let (_dir, auth) = auth().await;
-        for wallet in ["", "0x123", "5aeda56215b167893e80b4fe645ba6d5bab767de", "0xzzeda56215b167893e80b4fe645ba6d5bab767de"] {
-            assert!(matches!(auth.mint_miner_token(wallet, "rig").await, Err(AuthError::BadWallet(_))));
+        for wallet in [
+            "",
+            "0x123",
+            "5aeda56215b167893e80b4fe645ba6d5bab767de",
+            "0xzzeda56215b167893e80b4fe645ba6d5bab767de",
+        ] {
+            assert!(matches!(
+                auth.mint_miner_token(wallet, "rig").await,
+                Err(AuthError::BadWallet(_))
+            ));
         }
         let wallet = "0x5aeda56215b167893e80b4fe645ba6d5bab767de";
         for name in ["", "has space", "a/b", &"x".repeat(33)] {
-            assert!(matches!(auth.mint_miner_token(wallet, name).await, Err(AuthError::BadName(_))));
+            assert!(matches!(
+                auth.mint_miner_token(wallet, name).await,
+                Err(AuthError::BadName(_))
+            ));
         }
     }
 
@@ -324,14 +385,27 @@ mod tests {
         let (_dir, auth) = auth().await;
         let key = auth.create_api_key("test").await.expect("create");
         assert!(key.starts_with("imk_"));
-        let id = auth.verify_api_key(&key).await.expect("db").expect("known key");
-        assert_eq!(auth.verify_api_key(&key).await.expect("db"), Some(id), "cached path agrees");
+        let id = auth
+            .verify_api_key(&key)
+            .await
+            .expect("db")
+            .expect("known key");
+        assert_eq!(
+            auth.verify_api_key(&key).await.expect("db"),
+            Some(id),
+            "cached path agrees"
+        );
         assert_eq!(auth.verify_api_key("imk_nope").await.expect("db"), None);
     }
 
     #[test]
     fn short_configured_secrets_are_refused() {
-        let config = Config { jwt_secret: Some("short".into()), ..Config::default() };
-        assert!(matches!(load_secret(&config), Err(AuthError::Secret(m)) if m.contains("32 bytes")));
+        let config = Config {
+            jwt_secret: Some("short".into()),
+            ..Config::default()
+        };
+        assert!(
+            matches!(load_secret(&config), Err(AuthError::Secret(m)) if m.contains("32 bytes"))
+        );
     }
 }

@@ -117,7 +117,10 @@ impl Config {
 
     /// A default configuration rooted at `data_dir` (what tests and tools start from).
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
-        Self { data_dir: data_dir.into(), ..Self::default() }
+        Self {
+            data_dir: data_dir.into(),
+            ..Self::default()
+        }
     }
 
     /// The database URL in force: the configured one, or the SQLite file in the data dir.
@@ -149,7 +152,9 @@ impl Config {
             return invalid("set jwt_secret or jwt_secret_file, not both");
         }
         if let Some(url) = &self.database_url
-            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
         {
             return invalid("database_url must start with sqlite:, postgres:// or postgresql://");
         }
@@ -238,7 +243,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("infermine.toml");
         std::fs::write(&path, "listen = \"0.0.0.0:9000\"\nmax_attempts = 7\n").expect("write");
-        let overrides = Overrides { max_attempts: Some(2), ..Overrides::default() };
+        let overrides = Overrides {
+            max_attempts: Some(2),
+            ..Overrides::default()
+        };
         let config = Config::load(Some(&path), &overrides).expect("valid");
         assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(config.max_attempts, 2);

@@ -90,11 +90,26 @@ pub struct Snapshot {
 
 enum Command {
     Enqueue(QueuedJob),
-    AgentJoined { session: SessionId, sender: mpsc::Sender<Outbound>, slots: Vec<SlotSpec> },
-    AgentLeft { session: SessionId },
-    Finished { job: JobId, session: SessionId, latency: Option<Duration> },
-    Release { job: JobId, session: SessionId },
-    Cancel { job: JobId },
+    AgentJoined {
+        session: SessionId,
+        sender: mpsc::Sender<Outbound>,
+        slots: Vec<SlotSpec>,
+    },
+    AgentLeft {
+        session: SessionId,
+    },
+    Finished {
+        job: JobId,
+        session: SessionId,
+        latency: Option<Duration>,
+    },
+    Release {
+        job: JobId,
+        session: SessionId,
+    },
+    Cancel {
+        job: JobId,
+    },
     Drain,
     Snapshot(oneshot::Sender<Snapshot>),
 }
@@ -122,8 +137,17 @@ impl Dispatcher {
         self.send(Command::Enqueue(job));
     }
 
-    pub fn agent_joined(&self, session: SessionId, sender: mpsc::Sender<Outbound>, slots: Vec<SlotSpec>) {
-        self.send(Command::AgentJoined { session, sender, slots });
+    pub fn agent_joined(
+        &self,
+        session: SessionId,
+        sender: mpsc::Sender<Outbound>,
+        slots: Vec<SlotSpec>,
+    ) {
+        self.send(Command::AgentJoined {
+            session,
+            sender,
+            slots,
+        });
     }
 
     /// The agent's socket is gone; its leases are lost.
@@ -133,7 +157,11 @@ impl Dispatcher {
 
     /// A leased job ended (result stored or failure recorded): free its slot.
     pub fn finished(&self, job: JobId, session: SessionId, latency: Option<Duration>) {
-        self.send(Command::Finished { job, session, latency });
+        self.send(Command::Finished {
+            job,
+            session,
+            latency,
+        });
     }
 
     /// The sink could not persist an assignment (the job left the queue): free the slot.
@@ -246,9 +274,17 @@ impl<S: AssignSink> State<S> {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Enqueue(job) => self.enqueue(job),
-            Command::AgentJoined { session, sender, slots } => self.agent_joined(session, sender, slots),
+            Command::AgentJoined {
+                session,
+                sender,
+                slots,
+            } => self.agent_joined(session, sender, slots),
             Command::AgentLeft { session } => self.agent_left(session),
-            Command::Finished { job, session, latency } => self.end_lease(job, session, latency),
+            Command::Finished {
+                job,
+                session,
+                latency,
+            } => self.end_lease(job, session, latency),
             Command::Release { job, session } => self.end_lease(job, session, None),
             Command::Cancel { job } => self.cancel(job),
             Command::Drain => self.draining = true,
@@ -274,29 +310,48 @@ impl<S: AssignSink> State<S> {
             return;
         }
         self.arrivals += 1;
-        self.queues.entry(job.model.clone()).or_default().push_back((self.arrivals, job));
+        self.queues
+            .entry(job.model.clone())
+            .or_default()
+            .push_back((self.arrivals, job));
     }
 
-    fn agent_joined(&mut self, session: SessionId, sender: mpsc::Sender<Outbound>, specs: Vec<SlotSpec>) {
+    fn agent_joined(
+        &mut self,
+        session: SessionId,
+        sender: mpsc::Sender<Outbound>,
+        specs: Vec<SlotSpec>,
+    ) {
         let gpus = specs.iter().map(|s| s.gpu_index).collect();
         self.agents.insert(session, Agent { sender, gpus });
         for spec in specs {
             let key = (session, spec.gpu_index);
-            let slot = Slot { miner_id: spec.miner_id, models: spec.models, running: 0, latency_ms: 0 };
+            let slot = Slot {
+                miner_id: spec.miner_id,
+                models: spec.models,
+                running: 0,
+                latency_ms: 0,
+            };
             self.slots.insert(key, slot);
             self.refill(key);
         }
     }
 
     fn agent_left(&mut self, session: SessionId) {
-        let Some(agent) = self.agents.remove(&session) else { return };
+        let Some(agent) = self.agents.remove(&session) else {
+            return;
+        };
         for gpu in agent.gpus {
             let key = (session, gpu);
             self.set_idle(key, false);
             self.slots.remove(&key);
         }
-        let lost: Vec<JobId> =
-            self.leases.iter().filter(|(_, l)| l.slot.0 == session).map(|(id, _)| *id).collect();
+        let lost: Vec<JobId> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.slot.0 == session)
+            .map(|(id, _)| *id)
+            .collect();
         for job in lost {
             self.leases.remove(&job);
             self.sink.lost(job, session, LostReason::AgentDisconnected);
@@ -306,7 +361,9 @@ impl<S: AssignSink> State<S> {
     fn cancel(&mut self, job: JobId) {
         if let Some(lease) = self.leases.remove(&job) {
             if let Some(agent) = self.agents.get(&lease.slot.0) {
-                let _ = agent.sender.try_send(Outbound::Frame(CoordinatorMessage::Cancel { job }));
+                let _ = agent
+                    .sender
+                    .try_send(Outbound::Frame(CoordinatorMessage::Cancel { job }));
             }
             self.slot_freed(lease.slot, None);
             return;
@@ -339,9 +396,13 @@ impl<S: AssignSink> State<S> {
             if !expired {
                 continue;
             }
-            let Some(lease) = self.leases.remove(&job) else { continue };
+            let Some(lease) = self.leases.remove(&job) else {
+                continue;
+            };
             if let Some(agent) = self.agents.get(&lease.slot.0) {
-                let _ = agent.sender.try_send(Outbound::Frame(CoordinatorMessage::Cancel { job }));
+                let _ = agent
+                    .sender
+                    .try_send(Outbound::Frame(CoordinatorMessage::Cancel { job }));
             }
             self.sink.lost(job, lease.slot.0, LostReason::LeaseExpired);
             self.slot_freed(lease.slot, None);
@@ -354,7 +415,13 @@ impl<S: AssignSink> State<S> {
         };
         slot.running += 1;
         let deadline = Instant::now() + job.lease;
-        self.leases.insert(job.id, Lease { slot: key, deadline });
+        self.leases.insert(
+            job.id,
+            Lease {
+                slot: key,
+                deadline,
+            },
+        );
         self.deadlines.push(Reverse((deadline, job.id)));
         let assignment = Assignment {
             session: key.0,
@@ -369,12 +436,18 @@ impl<S: AssignSink> State<S> {
 
     fn slot_freed(&mut self, key: SlotKey, latency: Option<Duration>) {
         self.set_idle(key, false);
-        let Some(slot) = self.slots.get_mut(&key) else { return };
+        let Some(slot) = self.slots.get_mut(&key) else {
+            return;
+        };
         slot.running = slot.running.saturating_sub(1);
         if let Some(latency) = latency {
             // Exponentially weighted, so one slow job does not banish a fast GPU.
             let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
-            slot.latency_ms = if slot.latency_ms == 0 { ms } else { (slot.latency_ms * 7 + ms) / 8 };
+            slot.latency_ms = if slot.latency_ms == 0 {
+                ms
+            } else {
+                (slot.latency_ms * 7 + ms) / 8
+            };
         }
         self.refill(key);
     }
@@ -382,13 +455,18 @@ impl<S: AssignSink> State<S> {
     /// Gives a slot the oldest queued jobs it can run, as long as it has room.
     fn refill(&mut self, key: SlotKey) {
         while !self.draining {
-            let Some(slot) = self.slots.get(&key) else { return };
+            let Some(slot) = self.slots.get(&key) else {
+                return;
+            };
             let oldest = slot
                 .models
                 .iter()
                 .filter(|(_, concurrency)| slot.running < *concurrency)
                 .filter_map(|(model, _)| {
-                    self.queues.get(model)?.front().map(|(arrival, _)| (*arrival, model.clone()))
+                    self.queues
+                        .get(model)?
+                        .front()
+                        .map(|(arrival, _)| (*arrival, model.clone()))
                 })
                 .min();
             let Some((_, model)) = oldest else { break };
@@ -407,7 +485,9 @@ impl<S: AssignSink> State<S> {
     }
 
     fn set_idle(&mut self, key: SlotKey, insert: bool) {
-        let Some(slot) = self.slots.get(&key) else { return };
+        let Some(slot) = self.slots.get(&key) else {
+            return;
+        };
         for (model, concurrency) in &slot.models {
             let entry = (slot.latency_ms, key);
             if insert {

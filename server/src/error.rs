@@ -82,7 +82,12 @@ impl IntoResponse for ApiError {
         if let Self::Internal(detail) = &self {
             tracing::error!(%detail, "request failed");
         }
-        let body = Body { error: Detail { code: self.code(), message: self.to_string() } };
+        let body = Body {
+            error: Detail {
+                code: self.code(),
+                message: self.to_string(),
+            },
+        };
         (self.status(), axum::Json(body)).into_response()
     }
 }
@@ -93,7 +98,9 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType(
                 "send the body as JSON with `Content-Type: application/json`".to_owned(),
             ),
-            JsonRejection::BytesRejection(inner) if inner.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            JsonRejection::BytesRejection(inner)
+                if inner.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
                 Self::PayloadTooLarge
             }
             other => Self::InvalidRequest(format!("invalid JSON body: {}", other.body_text())),

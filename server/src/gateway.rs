@@ -69,7 +69,11 @@ where
         }
     };
     let miner_ids: Vec<String> = welcome.slots.iter().map(|s| s.miner_id.clone()).collect();
-    if sink.send(text(&CoordinatorMessage::Welcome(welcome))).await.is_err() {
+    if sink
+        .send(text(&CoordinatorMessage::Welcome(welcome)))
+        .await
+        .is_err()
+    {
         return;
     }
     let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
@@ -85,7 +89,9 @@ where
     tracing::info!(%session, code = code.code(), %reason, "agent session ended");
     // The close frame goes after whatever is already queued; a stuck writer is stopped.
     let closed = tx.try_send(Outbound::Close(code, reason)).is_ok()
-        && tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_ok();
+        && tokio::time::timeout(Duration::from_secs(2), &mut writer)
+            .await
+            .is_ok();
     if !closed {
         writer.abort();
     }
@@ -106,14 +112,34 @@ where
 {
     let first = tokio::time::timeout(HELLO_TIMEOUT, stream.next())
         .await
-        .map_err(|_| Ending::new(CloseCode::HelloExpected, "no hello within 10 s of connecting"))?;
+        .map_err(|_| {
+            Ending::new(
+                CloseCode::HelloExpected,
+                "no hello within 10 s of connecting",
+            )
+        })?;
     let hello = match first {
         Some(Ok(Message::Text(text))) => match decode_agent(&text) {
             Ok(AgentMessage::Hello(hello)) => hello,
-            Ok(_) => return Err(Ending::new(CloseCode::HelloExpected, "the first frame must be a hello")),
-            Err(e) => return Err(Ending::new(CloseCode::ProtocolError, format!("malformed hello: {e}"))),
+            Ok(_) => {
+                return Err(Ending::new(
+                    CloseCode::HelloExpected,
+                    "the first frame must be a hello",
+                ));
+            }
+            Err(e) => {
+                return Err(Ending::new(
+                    CloseCode::ProtocolError,
+                    format!("malformed hello: {e}"),
+                ));
+            }
         },
-        _ => return Err(Ending::new(CloseCode::HelloExpected, "the first frame must be a JSON text hello")),
+        _ => {
+            return Err(Ending::new(
+                CloseCode::HelloExpected,
+                "the first frame must be a JSON text hello",
+            ));
+        }
     };
     if hello.protocol != PROTOCOL_VERSION {
         return Err(Ending::new(
@@ -124,17 +150,24 @@ where
             ),
         ));
     }
-    let identity = state.auth.verify_miner_token(&hello.token).await.map_err(|e| match e {
-        AuthError::Db(e) => {
-            tracing::error!(error = %e, "token check failed");
-            Ending::new(CloseCode::GoingAway, "coordinator unavailable; retry later")
-        }
-        other => Ending::new(CloseCode::Unauthorized, other.to_string()),
-    })?;
+    let identity = state
+        .auth
+        .verify_miner_token(&hello.token)
+        .await
+        .map_err(|e| match e {
+            AuthError::Db(e) => {
+                tracing::error!(error = %e, "token check failed");
+                Ending::new(CloseCode::GoingAway, "coordinator unavailable; retry later")
+            }
+            other => Ending::new(CloseCode::Unauthorized, other.to_string()),
+        })?;
     let slots = plan_slots(state, &identity, &hello)?;
     if let Err(e) = miners::register(&state.db, &identity, &hello.gpus).await {
         tracing::error!(error = %e, "could not record the agent's miners");
-        return Err(Ending::new(CloseCode::GoingAway, "coordinator unavailable; retry later"));
+        return Err(Ending::new(
+            CloseCode::GoingAway,
+            "coordinator unavailable; retry later",
+        ));
     }
     let welcome = Welcome {
         session: session.to_string(),
@@ -152,11 +185,18 @@ where
 }
 
 /// One slot per device, each with the models the device may run per the registry.
-fn plan_slots(state: &AppState, identity: &MinerIdentity, hello: &Hello) -> Result<Vec<SlotSpec>, Ending> {
+fn plan_slots(
+    state: &AppState,
+    identity: &MinerIdentity,
+    hello: &Hello,
+) -> Result<Vec<SlotSpec>, Ending> {
     if hello.gpus.is_empty() || hello.gpus.len() > MAX_DEVICES {
         return Err(Ending::new(
             CloseCode::PolicyViolation,
-            format!("an agent must report between 1 and {MAX_DEVICES} devices, not {}", hello.gpus.len()),
+            format!(
+                "an agent must report between 1 and {MAX_DEVICES} devices, not {}",
+                hello.gpus.len()
+            ),
         ));
     }
     let mut seen = std::collections::HashSet::new();
@@ -164,7 +204,10 @@ fn plan_slots(state: &AppState, identity: &MinerIdentity, hello: &Hello) -> Resu
     let mut slots = Vec::with_capacity(hello.gpus.len());
     for gpu in &hello.gpus {
         if !seen.insert(gpu.index) {
-            return Err(Ending::new(CloseCode::ProtocolError, format!("device index {} reported twice", gpu.index)));
+            return Err(Ending::new(
+                CloseCode::ProtocolError,
+                format!("device index {} reported twice", gpu.index),
+            ));
         }
         let models = hello
             .models
@@ -173,7 +216,11 @@ fn plan_slots(state: &AppState, identity: &MinerIdentity, hello: &Hello) -> Resu
             .filter(|spec| registry.eligible(spec, gpu))
             .map(|spec| (spec.id.clone(), spec.slot_concurrency))
             .collect();
-        slots.push(SlotSpec { gpu_index: gpu.index, miner_id: identity.miner_id(gpu.index), models });
+        slots.push(SlotSpec {
+            gpu_index: gpu.index,
+            miner_id: identity.miner_id(gpu.index),
+            models,
+        });
     }
     Ok(slots)
 }
@@ -208,7 +255,12 @@ where
                     return;
                 }
                 None => {
-                    let _ = sink.send(close_frame(CloseCode::GoingAway, "coordinator shutting down")).await;
+                    let _ = sink
+                        .send(close_frame(
+                            CloseCode::GoingAway,
+                            "coordinator shutting down",
+                        ))
+                        .await;
                     return;
                 }
             }
@@ -228,8 +280,12 @@ async fn read_loop<R>(state: &AppState, session: SessionId, stream: &mut R) -> E
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    let per_second = NonZeroU32::new(state.config.agent_max_frames_per_s).unwrap_or(NonZeroU32::MIN);
-    let limiter = RateLimiter::direct(Quota::per_second(per_second).allow_burst(per_second.saturating_mul(NonZeroU32::MIN.saturating_add(1))));
+    let per_second =
+        NonZeroU32::new(state.config.agent_max_frames_per_s).unwrap_or(NonZeroU32::MIN);
+    let limiter = RateLimiter::direct(
+        Quota::per_second(per_second)
+            .allow_burst(per_second.saturating_mul(NonZeroU32::MIN.saturating_add(1))),
+    );
     let silence = Duration::from_secs(state.config.agent_timeout_s);
     let mut closing = state.closing.clone();
     loop {
@@ -241,7 +297,10 @@ where
         };
         let message = match next {
             Err(_) => {
-                return Ending::new(CloseCode::HeartbeatTimeout, format!("no frame for {} s", silence.as_secs()));
+                return Ending::new(
+                    CloseCode::HeartbeatTimeout,
+                    format!("no frame for {} s", silence.as_secs()),
+                );
             }
             Ok(None) => return Ending::new(CloseCode::GoingAway, "connection closed"),
             Ok(Some(Err(e))) => return read_error(&e),
@@ -260,12 +319,19 @@ where
                         return ending;
                     }
                 }
-                Err(e) => return Ending::new(CloseCode::ProtocolError, format!("malformed frame: {e}")),
+                Err(e) => {
+                    return Ending::new(CloseCode::ProtocolError, format!("malformed frame: {e}"));
+                }
             },
             Message::Binary(_) => {
-                return Ending::new(CloseCode::ProtocolError, "binary frames are not supported; send JSON text frames");
+                return Ending::new(
+                    CloseCode::ProtocolError,
+                    "binary frames are not supported; send JSON text frames",
+                );
             }
-            Message::Close(_) => return Ending::new(CloseCode::GoingAway, "agent closed the connection"),
+            Message::Close(_) => {
+                return Ending::new(CloseCode::GoingAway, "agent closed the connection");
+            }
             Message::Ping(_) | Message::Pong(_) => {}
         }
     }
@@ -274,19 +340,34 @@ where
 fn read_error(error: &axum::Error) -> Ending {
     let detail = error.to_string();
     if detail.contains("too long") || detail.contains("too big") {
-        Ending::new(CloseCode::MessageTooBig, format!("frame larger than {MAX_FRAME_BYTES} bytes"))
+        Ending::new(
+            CloseCode::MessageTooBig,
+            format!("frame larger than {MAX_FRAME_BYTES} bytes"),
+        )
     } else {
-        Ending::new(CloseCode::ProtocolError, format!("unreadable frame: {detail}"))
+        Ending::new(
+            CloseCode::ProtocolError,
+            format!("unreadable frame: {detail}"),
+        )
     }
 }
 
 /// Acts on one frame; `Some` ends the session.
 async fn handle(state: &AppState, session: SessionId, message: AgentMessage) -> Option<Ending> {
     let outcome = match message {
-        AgentMessage::Hello(_) => return Some(Ending::new(CloseCode::ProtocolError, "hello sent twice")),
+        AgentMessage::Hello(_) => {
+            return Some(Ending::new(CloseCode::ProtocolError, "hello sent twice"));
+        }
         AgentMessage::Result(result) => state.jobs.complete(session, result).await,
-        AgentMessage::Failed { job, reason, retryable } => {
-            state.jobs.attempt_failed(session, job, &reason, retryable).await
+        AgentMessage::Failed {
+            job,
+            reason,
+            retryable,
+        } => {
+            state
+                .jobs
+                .attempt_failed(session, job, &reason, retryable)
+                .await
         }
         AgentMessage::Accepted { .. }
         | AgentMessage::Token { .. }
@@ -298,7 +379,9 @@ async fn handle(state: &AppState, session: SessionId, message: AgentMessage) -> 
         Err(Refusal::NotLeased(job)) => {
             tracing::warn!(%session, %job, "refused a report for a job not leased to this agent");
         }
-        Err(Refusal::Db(e)) => tracing::error!(%session, error = %e, "could not record an agent's report"),
+        Err(Refusal::Db(e)) => {
+            tracing::error!(%session, error = %e, "could not record an agent's report")
+        }
     }
     None
 }
@@ -313,5 +396,8 @@ fn close_frame(code: CloseCode, reason: &str) -> Message {
     while reason.len() > 123 {
         reason.pop();
     }
-    Message::Close(Some(CloseFrame { code: code.code(), reason: reason.into() }))
+    Message::Close(Some(CloseFrame {
+        code: code.code(),
+        reason: reason.into(),
+    }))
 }

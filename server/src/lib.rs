@@ -62,20 +62,44 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/status", get(status))
         .route("/v1/models", get(jobs::api::models))
         .route("/v1/jobs", axum::routing::post(jobs::api::submit))
-        .route("/v1/jobs/{id}", get(jobs::api::get).delete(jobs::api::cancel))
+        .route(
+            "/v1/jobs/{id}",
+            get(jobs::api::get).delete(jobs::api::cancel),
+        )
         .route("/v1/agent/ws", get(gateway::upgrade))
-        .fallback(|| async { ApiError::NotFound("no such endpoint; see GET /v1/models and POST /v1/jobs".to_owned()) })
+        .fallback(|| async {
+            ApiError::NotFound("no such endpoint; see GET /v1/models and POST /v1/jobs".to_owned())
+        })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
+}
+
+/// `GET /v1/status`: what the dispatcher holds right now.
+async fn status(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<serde_json::Value> {
+    let snapshot = state.dispatcher.snapshot().await;
+    axum::Json(serde_json::json!({
+        "agents": snapshot.agents,
+        "slots": snapshot.slots,
+        "queued": snapshot.queued,
+        "leased": snapshot.leased,
+        "draining": *state.closing.borrow(),
+    }))
 }
 
 /// Opens the database named by `config` and applies the migrations.
 pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
     let url = config.database_url();
-    let db = Db::connect(&url).await.with_context(|| format!("cannot open the database at {}", redact(&url)))?;
-    db.migrate().await.context("cannot apply database migrations")?;
+    let db = Db::connect(&url)
+        .await
+        .with_context(|| format!("cannot open the database at {}", redact(&url)))?;
+    db.migrate()
+        .await
+        .context("cannot apply database migrations")?;
     Ok(db)
 }
 
@@ -90,7 +114,9 @@ pub fn load_registry(config: &Config) -> anyhow::Result<Registry> {
 /// Mints a miner token (what `infermine-server miner-token` prints).
 pub async fn mint_miner_token(config: &Config, wallet: &str, name: &str) -> anyhow::Result<String> {
     let db = open_db(config).await?;
-    let token = Auth::new(config, db.clone())?.mint_miner_token(wallet, name).await?;
+    let token = Auth::new(config, db.clone())?
+        .mint_miner_token(wallet, name)
+        .await?;
     db.close().await;
     Ok(token)
 }
@@ -126,7 +152,14 @@ pub async fn run(
     jobs.recover().await.context("cannot recover queued jobs")?;
 
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
-    let state = AppState { config: Arc::clone(&config), db: db.clone(), auth, jobs: Arc::clone(&jobs), dispatcher: dispatcher.clone(), closing };
+    let state = AppState {
+        config: Arc::clone(&config),
+        db: db.clone(),
+        auth,
+        jobs: Arc::clone(&jobs),
+        dispatcher: dispatcher.clone(),
+        closing,
+    };
     let sweeper = tokio::spawn(sweep(Arc::clone(&jobs)));
     tracing::info!(listen = %listener.local_addr()?, database = db.dialect(), "coordinator ready");
 
@@ -137,12 +170,16 @@ pub async fn run(
         tracing::info!("shutting down: draining running jobs");
         drain_dispatcher.drain();
         let deadline = tokio::time::Instant::now() + drain_timeout;
-        while drain_dispatcher.snapshot().await.leased > 0 && tokio::time::Instant::now() < deadline {
+        while drain_dispatcher.snapshot().await.leased > 0 && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = closing_tx.send(true);
     };
-    axum::serve(listener, app(state)).with_graceful_shutdown(graceful).await.context("server error")?;
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(graceful)
+        .await
+        .context("server error")?;
     sweeper.abort();
     drop(dispatcher);
     drop(jobs);

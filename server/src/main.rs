@@ -60,7 +60,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = match &cli.command {
         Command::Serve(o) | Command::Migrate(o) => o,
-        Command::MinerToken { overrides, .. } | Command::ApiKey { command: ApiKeyCommand::Create { overrides, .. } } => overrides,
+        Command::MinerToken { overrides, .. }
+        | Command::ApiKey {
+            command: ApiKeyCommand::Create { overrides, .. },
+        } => overrides,
     };
     let config = match Config::load(cli.config.as_deref(), overrides) {
         Ok(config) => config,
@@ -92,7 +95,12 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Serve(_) => {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (choose another with --listen)", config.listen))?;
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {}: {e} (choose another with --listen)",
+                        config.listen
+                    )
+                })?;
             infermine_server::run(config, listener, shutdown_signal()).await
         }
         Command::Migrate(_) => {
@@ -106,7 +114,9 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             print_secret(&token);
             Ok(())
         }
-        Command::ApiKey { command: ApiKeyCommand::Create { name, .. } } => {
+        Command::ApiKey {
+            command: ApiKeyCommand::Create { name, .. },
+        } => {
             let key = infermine_server::create_api_key(&config, &name).await?;
             print_secret(&key);
             Ok(())
@@ -144,7 +154,9 @@ async fn shutdown_signal() {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

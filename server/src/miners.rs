@@ -51,7 +51,12 @@ pub async fn register(db: &Db, identity: &MinerIdentity, gpus: &[GpuInfo]) -> Re
     }
     insert.on_conflict(
         OnConflict::column(Miners::MinerId)
-            .update_columns([Miners::GpuUuid, Miners::GpuName, Miners::VramMb, Miners::LastSeenMs])
+            .update_columns([
+                Miners::GpuUuid,
+                Miners::GpuName,
+                Miners::VramMb,
+                Miners::LastSeenMs,
+            ])
             .to_owned(),
     );
     db.execute(&insert).await?;

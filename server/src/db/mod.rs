@@ -37,13 +37,17 @@ pub enum DbError {
 pub enum Db {
     /// SQLite allows one writer at a time, so writes share a single connection (no lock
     /// contention, no `SQLITE_BUSY` retries) while reads use a pool of their own.
-    Sqlite { write: SqlitePool, read: SqlitePool },
+    Sqlite {
+        write: SqlitePool,
+        read: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
 /// A row type readable from both databases.
 pub trait Row: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
-impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
+impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{}
 
 /// Statements that change rows (sea-query's insert, update and delete).
 pub trait Write: SqlxBinder {}
@@ -132,11 +136,15 @@ impl Db {
         Ok(match self {
             Self::Sqlite { write, .. } => {
                 let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
-                sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_all(write).await?
+                sqlx::query_as_with(AssertSqlSafe(sql), values)
+                    .fetch_all(write)
+                    .await?
             }
             Self::Postgres(pool) => {
                 let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
-                sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_all(pool).await?
+                sqlx::query_as_with(AssertSqlSafe(sql), values)
+                    .fetch_all(pool)
+                    .await?
             }
         })
     }
@@ -149,11 +157,15 @@ impl Db {
         Ok(match self {
             Self::Sqlite { read, .. } => {
                 let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
-                sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_optional(read).await?
+                sqlx::query_as_with(AssertSqlSafe(sql), values)
+                    .fetch_optional(read)
+                    .await?
             }
             Self::Postgres(pool) => {
                 let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
-                sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_optional(pool).await?
+                sqlx::query_as_with(AssertSqlSafe(sql), values)
+                    .fetch_optional(pool)
+                    .await?
             }
         })
     }
@@ -163,11 +175,15 @@ impl Db {
         Ok(match self {
             Self::Sqlite { read, .. } => {
                 let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
-                sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_all(read).await?
+                sqlx::query_as_with(AssertSqlSafe(sql), values)
+                    .fetch_all(read)
+                    .await?
             }
             Self::Postgres(pool) => {
                 let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
-                sqlx::query_as_with(AssertSqlSafe(sql), values).fetch_all(pool).await?
+                sqlx::query_as_with(AssertSqlSafe(sql), values)
+                    .fetch_all(pool)
+                    .await?
             }
         })
     }

@@ -12,8 +12,8 @@ use infermine_protocol::{JobOutput, JobParams, Metrics, ModelKind};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::store::{self, JobRow, NewJob, Status};
 use super::Jobs;
+use super::store::{self, JobRow, NewJob, Status};
 use crate::AppState;
 use crate::dispatch::QueuedJob;
 use crate::error::{ApiError, ApiJson};
@@ -37,10 +37,14 @@ impl FromRequestParts<AppState> for ConsumerKey {
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|k| !k.is_empty())
-            .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be `Bearer <key>`".to_owned()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the Authorization header must be `Bearer <key>`".to_owned())
+            })?;
         match state.auth.verify_api_key(key).await? {
             Some(id) => Ok(Self(id)),
-            None => Err(ApiError::Unauthorized("invalid or revoked API key".to_owned())),
+            None => Err(ApiError::Unauthorized(
+                "invalid or revoked API key".to_owned(),
+            )),
         }
     }
 }
@@ -84,8 +88,14 @@ impl JobView {
     fn from_row(row: JobRow) -> Self {
         // Stored JSON was written by this server from these types; a parse failure would mean
         // a hand-edited row, shown as absent rather than failing the whole read.
-        let output = row.output.as_deref().and_then(|o| serde_json::from_str(o).ok());
-        let metrics = row.metrics.as_deref().and_then(|m| serde_json::from_str(m).ok());
+        let output = row
+            .output
+            .as_deref()
+            .and_then(|o| serde_json::from_str(o).ok());
+        let metrics = row
+            .metrics
+            .as_deref()
+            .and_then(|m| serde_json::from_str(m).ok());
         Self {
             id: row.id,
             model: row.model,
@@ -108,7 +118,10 @@ pub async fn submit(
     ConsumerKey(key): ConsumerKey,
     ApiJson(request): ApiJson<SubmitRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let view = state.jobs.submit(key, &request.model, request.params).await?;
+    let view = state
+        .jobs
+        .submit(key, &request.model, request.params)
+        .await?;
     Ok((StatusCode::ACCEPTED, axum::Json(view)))
 }
 
@@ -126,8 +139,14 @@ pub async fn get(
 ) -> Result<axum::Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
     let wait = match query.wait {
-        Some(w) if w.is_finite() && w >= 0.0 => Duration::from_secs_f64(w).min(state.jobs.limits.max_wait),
-        Some(_) => return Err(ApiError::InvalidRequest("wait must be a number of seconds ≥ 0".to_owned())),
+        Some(w) if w.is_finite() && w >= 0.0 => {
+            Duration::from_secs_f64(w).min(state.jobs.limits.max_wait)
+        }
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(
+                "wait must be a number of seconds ≥ 0".to_owned(),
+            ));
+        }
         None => Duration::ZERO,
     };
     Ok(axum::Json(state.jobs.view(key, id, wait).await?))
@@ -182,20 +201,44 @@ pub async fn models(State(state): State<AppState>) -> axum::Json<serde_json::Val
 
 impl Jobs {
     /// Validates and persists a job, then hands it to the dispatcher.
-    pub async fn submit(&self, api_key: Uuid, model: &str, params: serde_json::Value) -> Result<JobView, ApiError> {
-        let spec = self.registry.get(model).ok_or_else(|| ApiError::ModelNotFound(model.to_owned()))?;
-        let params = JobParams::from_json(spec.kind, params).map_err(|e| ApiError::InvalidParams {
-            code: "invalid_params",
-            message: format!("params for `{model}` ({} model): {e}", spec.kind.as_str()),
-        })?;
+    pub async fn submit(
+        &self,
+        api_key: Uuid,
+        model: &str,
+        params: serde_json::Value,
+    ) -> Result<JobView, ApiError> {
+        let spec = self
+            .registry
+            .get(model)
+            .ok_or_else(|| ApiError::ModelNotFound(model.to_owned()))?;
+        let params =
+            JobParams::from_json(spec.kind, params).map_err(|e| ApiError::InvalidParams {
+                code: "invalid_params",
+                message: format!("params for `{model}` ({} model): {e}", spec.kind.as_str()),
+            })?;
         spec.validate_params(&params)
-            .map_err(|e| ApiError::InvalidParams { code: e.code(), message: e.to_string() })?;
+            .map_err(|e| ApiError::InvalidParams {
+                code: e.code(),
+                message: e.to_string(),
+            })?;
         let id = Uuid::now_v7();
-        let stored = serde_json::to_string(&params).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let new = NewJob { id, model, kind: spec.kind.as_str(), params: &stored, api_key_id: api_key };
+        let stored =
+            serde_json::to_string(&params).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let new = NewJob {
+            id,
+            model,
+            kind: spec.kind.as_str(),
+            params: &stored,
+            api_key_id: api_key,
+        };
         let created_ms = store::insert(&self.db, &new).await?;
         let lease = self.lease_for(model, &params);
-        self.dispatcher.enqueue(QueuedJob { id, model: model.to_owned(), params: Arc::new(params), lease });
+        self.dispatcher.enqueue(QueuedJob {
+            id,
+            model: model.to_owned(),
+            params: Arc::new(params),
+            lease,
+        });
         Ok(JobView {
             id,
             model: model.to_owned(),
@@ -232,11 +275,13 @@ impl Jobs {
             notified.as_mut().enable();
             let row = self.owned(api_key, id).await?;
             let done = Status::parse(&row.status).is_some_and(Status::is_final);
-            Ok::<_, ApiError>(if done || tokio::time::timeout(wait, notified).await.is_err() {
-                row
-            } else {
-                self.owned(api_key, id).await?
-            })
+            Ok::<_, ApiError>(
+                if done || tokio::time::timeout(wait, notified).await.is_err() {
+                    row
+                } else {
+                    self.owned(api_key, id).await?
+                },
+            )
         }
         .await;
         self.waiters.forget(id, notify);
@@ -247,7 +292,10 @@ impl Jobs {
     pub async fn cancel(&self, api_key: Uuid, id: Uuid) -> Result<JobView, ApiError> {
         let row = self.owned(api_key, id).await?;
         if !store::mark_cancelled(&self.db, id, api_key).await? {
-            return Err(ApiError::Conflict(format!("job `{id}` is already {} and cannot be cancelled", row.status)));
+            return Err(ApiError::Conflict(format!(
+                "job `{id}` is already {} and cannot be cancelled",
+                row.status
+            )));
         }
         self.inflight().remove(&id);
         self.dispatcher.cancel(id);

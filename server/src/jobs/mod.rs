@@ -14,12 +14,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use infermine_protocol::{CoordinatorMessage, JobAssignment, JobId, JobParams, JobResult};
-use tokio::time::Instant;
 use crate::db::{Db, DbError, now_ms};
-use crate::dispatch::{AssignSink, Assignment, Dispatcher, LostReason, Outbound, QueuedJob, SessionId};
+use crate::dispatch::{
+    AssignSink, Assignment, Dispatcher, LostReason, Outbound, QueuedJob, SessionId,
+};
 use crate::registry::Registry;
+use infermine_protocol::{CoordinatorMessage, JobAssignment, JobId, JobParams, JobResult};
 use store::{AttemptEnd, NewLease, QueueRow};
+use tokio::time::Instant;
 use waiters::Waiters;
 
 /// Why a result or failure report from an agent was not accepted.
@@ -59,7 +61,12 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    pub fn new(db: Db, registry: Arc<Registry>, dispatcher: Dispatcher, limits: Limits) -> Arc<Self> {
+    pub fn new(
+        db: Db,
+        registry: Arc<Registry>,
+        dispatcher: Dispatcher,
+        limits: Limits,
+    ) -> Arc<Self> {
         Arc::new(Self {
             db,
             registry,
@@ -83,7 +90,9 @@ impl Jobs {
         let deadline = self
             .registry
             .get(model)
-            .map_or(Duration::from_secs(60), |spec| Duration::from_millis(spec.deadline_ms));
+            .map_or(Duration::from_secs(60), |spec| {
+                Duration::from_millis(spec.deadline_ms)
+            });
         let requested_delay = match params {
             JobParams::Synthetic(p) => Duration::from_millis(u64::from(p.delay_ms)),
             _ => Duration::ZERO,
@@ -101,7 +110,11 @@ impl Jobs {
             self.enqueue_row(row);
         }
         if count > 0 {
-            tracing::info!(queued = count, released_leases = released, "recovered jobs from the database");
+            tracing::info!(
+                queued = count,
+                released_leases = released,
+                "recovered jobs from the database"
+            );
         }
         Ok(count)
     }
@@ -118,7 +131,9 @@ impl Jobs {
                 });
             }
             // Only a hand-edited row can get here: the API stores what it parsed.
-            Err(e) => tracing::error!(job = %row.id, error = %e, "stored params do not parse; job left queued"),
+            Err(e) => {
+                tracing::error!(job = %row.id, error = %e, "stored params do not parse; job left queued")
+            }
         }
     }
 
@@ -131,16 +146,21 @@ impl Jobs {
         };
         if let Err(problem) = check::output(&params, &result.output) {
             tracing::warn!(%job, %session, %problem, "agent returned an invalid output");
-            return self.attempt_failed(session, job, &format!("invalid output: {problem}"), true).await;
+            return self
+                .attempt_failed(session, job, &format!("invalid output: {problem}"), true)
+                .await;
         }
-        let output = serde_json::to_string(&result.output).map_err(|e| DbError::Sqlx(sqlx::Error::Encode(e.into())))?;
-        let metrics = serde_json::to_string(&result.metrics).map_err(|e| DbError::Sqlx(sqlx::Error::Encode(e.into())))?;
+        let output = serde_json::to_string(&result.output)
+            .map_err(|e| DbError::Sqlx(sqlx::Error::Encode(e.into())))?;
+        let metrics = serde_json::to_string(&result.metrics)
+            .map_err(|e| DbError::Sqlx(sqlx::Error::Encode(e.into())))?;
         if !store::mark_completed(&self.db, job, session, &output, &metrics).await? {
             self.inflight().remove(&job);
             return Err(Refusal::NotLeased(job));
         }
         self.inflight().remove(&job);
-        self.dispatcher.finished(job, session, Some(assigned_at.elapsed()));
+        self.dispatcher
+            .finished(job, session, Some(assigned_at.elapsed()));
         self.waiters.wake(job);
         Ok(())
     }
@@ -173,7 +193,13 @@ impl Jobs {
     }
 
     async fn persist_assignment(&self, assignment: Assignment) -> Result<(), DbError> {
-        let Assignment { job, session, gpu_index, miner_id, agent } = assignment;
+        let Assignment {
+            job,
+            session,
+            gpu_index,
+            miner_id,
+            agent,
+        } = assignment;
         let lease_ms = u64::try_from(job.lease.as_millis()).unwrap_or(u64::MAX);
         let wallet = miner_id.split('-').next().unwrap_or_default();
         let lease = NewLease {
@@ -189,7 +215,11 @@ impl Jobs {
         };
         self.inflight().insert(
             job.id,
-            Inflight { session, params: Arc::clone(&job.params), assigned_at: Instant::now() },
+            Inflight {
+                session,
+                params: Arc::clone(&job.params),
+                assigned_at: Instant::now(),
+            },
         );
         let frame = CoordinatorMessage::Job(JobAssignment {
             id: job.id,
@@ -202,21 +232,32 @@ impl Jobs {
         if agent.send(Outbound::Frame(frame)).await.is_err() {
             // The session ended between pairing and sending; its departure notice requeues
             // leases it knew of, and this one it may not have seen yet.
-            self.lose_lease(job.id, session, LostReason::AgentDisconnected).await;
+            self.lose_lease(job.id, session, LostReason::AgentDisconnected)
+                .await;
         }
         Ok(())
     }
 
     async fn lose_lease(&self, job: JobId, session: SessionId, reason: LostReason) {
         self.inflight().remove(&job);
-        match store::end_attempt(&self.db, job, Some(session), reason.as_str(), Some(self.limits.max_attempts)).await {
+        match store::end_attempt(
+            &self.db,
+            job,
+            Some(session),
+            reason.as_str(),
+            Some(self.limits.max_attempts),
+        )
+        .await
+        {
             Ok(end) => {
                 if !matches!(end, AttemptEnd::NotLeased) {
                     tracing::info!(%job, %session, reason = reason.as_str(), requeued = matches!(end, AttemptEnd::Requeued(_)), "lease lost");
                 }
                 self.settle(job, end);
             }
-            Err(e) => tracing::error!(%job, error = %e, "could not requeue a lost lease; the sweeper will retry"),
+            Err(e) => {
+                tracing::error!(%job, error = %e, "could not requeue a lost lease; the sweeper will retry")
+            }
         }
     }
 
@@ -226,7 +267,14 @@ impl Jobs {
         for job in store::overdue_leases(&self.db, cutoff).await? {
             tracing::warn!(%job, "lease overdue without a dispatcher timer; requeueing");
             self.inflight().remove(&job);
-            let end = store::end_attempt(&self.db, job, None, LostReason::LeaseExpired.as_str(), Some(self.limits.max_attempts)).await?;
+            let end = store::end_attempt(
+                &self.db,
+                job,
+                None,
+                LostReason::LeaseExpired.as_str(),
+                Some(self.limits.max_attempts),
+            )
+            .await?;
             self.settle(job, end);
         }
         Ok(())

@@ -195,7 +195,9 @@ pub async fn mark_assigned(db: &Db, lease: &NewLease<'_>) -> Result<Option<u32>,
         .returning_col(Jobs::Attempts)
         .to_owned();
     let rows: Vec<(i32,)> = db.write_returning(&update).await?;
-    Ok(rows.first().map(|(attempts,)| u32::try_from(*attempts).unwrap_or(1)))
+    Ok(rows
+        .first()
+        .map(|(attempts,)| u32::try_from(*attempts).unwrap_or(1)))
 }
 
 /// assigned (to `session`) → completed, with the output. False when the lease was lost.
@@ -255,7 +257,11 @@ pub async fn end_attempt(
         .value(Jobs::FinishedMs, now)
         .value(Jobs::UpdatedMs, now)
         .to_owned();
-    Ok(if db.execute(&fail).await? == 1 { AttemptEnd::Failed } else { AttemptEnd::NotLeased })
+    Ok(if db.execute(&fail).await? == 1 {
+        AttemptEnd::Failed
+    } else {
+        AttemptEnd::NotLeased
+    })
 }
 
 fn leased(id: Uuid, session: Option<Uuid>) -> UpdateStatement {
@@ -281,7 +287,9 @@ pub async fn mark_cancelled(db: &Db, id: Uuid, api_key_id: Uuid) -> Result<bool,
         .value(Jobs::UpdatedMs, now)
         .and_where(Expr::col(Jobs::Id).eq(id))
         .and_where(Expr::col(Jobs::ApiKeyId).eq(api_key_id))
-        .and_where(Expr::col(Jobs::Status).is_in([Status::Queued.as_str(), Status::Assigned.as_str()]))
+        .and_where(
+            Expr::col(Jobs::Status).is_in([Status::Queued.as_str(), Status::Assigned.as_str()]),
+        )
         .to_owned();
     Ok(db.execute(&update).await? == 1)
 }

@@ -1,0 +1,102 @@
+//! Inference engines: what a slot worker calls to turn a [`JobAssignment`] into a
+//! [`JobOutput`].
+//!
+//! An engine runs on its slot's own OS thread and may block for as long as the job takes
+//! (real engines run libtorch there). It streams tokens through a callback and polls a
+//! [`CancelToken`] between steps. [`create`] maps a model id to its engine; only the
+//! synthetic test engine exists so far.
+
+mod synthetic;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use infermine_protocol::{GpuInfo, JobAssignment, JobOutput};
+
+pub use synthetic::{SyntheticEngine, synthetic_bytes};
+
+/// Model id of the synthetic engine: deterministic bytes after a delay.
+pub const SYNTHETIC_ECHO: &str = "synthetic-echo";
+
+/// Every model id this build can serve.
+pub const SUPPORTED_MODELS: &[&str] = &[SYNTHETIC_ECHO];
+
+pub fn is_supported(model: &str) -> bool {
+    SUPPORTED_MODELS.contains(&model)
+}
+
+/// Something an engine reports while it works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// One streamed piece of output; `index` counts from 0 within the job.
+    Token { index: u32, text: String },
+}
+
+/// Set when the coordinator cancels a job; engines check it between steps and return
+/// [`EngineError::Cancelled`].
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Why an engine produced no output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The job was cancelled; nothing is reported to the coordinator.
+    #[error("cancelled")]
+    Cancelled,
+    /// The params do not fit the model; no agent would do better.
+    #[error("invalid params: {0}")]
+    InvalidParams(String),
+    /// A failure another attempt (here or on another agent) may not repeat.
+    #[error("{0}")]
+    Transient(String),
+    /// A failure of this agent that retrying here will not fix, e.g. a model that fails to
+    /// load. The job itself may still succeed elsewhere.
+    #[error("{0}")]
+    Agent(String),
+}
+
+impl EngineError {
+    /// Whether the coordinator should give the job to another attempt.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Transient(_) | Self::Agent(_))
+    }
+}
+
+/// A model loaded on one device, ready to run jobs one at a time.
+pub trait Engine: Send {
+    /// Runs one job to completion on the calling thread. `events` receives streamed tokens;
+    /// `cancel` is polled between steps.
+    fn run(
+        &mut self,
+        job: &JobAssignment,
+        cancel: &CancelToken,
+        events: &mut dyn FnMut(EngineEvent),
+    ) -> Result<JobOutput, EngineError>;
+}
+
+/// Loads the engine for `model` on `device`. Called on the slot's thread the first time the
+/// slot sees the model; the time it takes is reported as `load_ms`.
+/// Real engines will pin their weights to `_device`; the synthetic one needs none.
+pub fn create(model: &str, _device: &GpuInfo) -> Result<Box<dyn Engine>, EngineError> {
+    match model {
+        SYNTHETIC_ECHO => Ok(Box::new(SyntheticEngine)),
+        other => Err(EngineError::Agent(format!(
+            "model `{other}` is not supported by this agent (supported: {})",
+            SUPPORTED_MODELS.join(", ")
+        ))),
+    }
+}

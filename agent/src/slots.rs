@@ -1,0 +1,318 @@
+//! One worker thread per device slot. The link hands a slot its jobs through a channel; the
+//! worker runs them one at a time (later ones wait, and say how long in `queue_ms`) and sends
+//! tokens and outcomes back on a tokio channel the link drains.
+//!
+//! Engines are blocking and, later, bound to one CUDA device each, so every slot owns an OS
+//! thread rather than borrowing the runtime's.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use infermine_protocol::{GpuInfo, JobAssignment, JobId, JobOutput, Metrics};
+use tokio::sync::mpsc;
+
+use crate::engine::{self, CancelToken, Engine, EngineError, EngineEvent};
+
+/// What a slot reports to the link.
+#[derive(Debug)]
+pub(crate) enum SlotEvent {
+    Token {
+        job: JobId,
+        index: u32,
+        text: String,
+    },
+    /// The job is over: its output and timings, or why not.
+    Finished {
+        job: JobId,
+        outcome: Result<(JobOutput, Metrics), EngineError>,
+    },
+}
+
+/// A job waiting for its slot.
+struct Queued {
+    job: JobAssignment,
+    received: Instant,
+    cancel: CancelToken,
+}
+
+/// Why [`Slots::submit`] refused a job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SubmitError {
+    #[error("this agent has no slot {0}")]
+    NoSuchSlot(u32),
+    #[error("job {0} is already on this agent")]
+    Duplicate(JobId),
+    /// The slot's worker is gone; only possible after a crash outside any engine.
+    #[error("slot {0} has stopped")]
+    SlotStopped(u32),
+}
+
+/// Cancel tokens of jobs not yet finished, shared by the link (which cancels) and the
+/// workers (which forget a job when it ends).
+type Running = Arc<Mutex<HashMap<JobId, CancelToken>>>;
+
+/// The slot workers of one agent.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    senders: HashMap<u32, std_mpsc::Sender<Queued>>,
+    running: Running,
+}
+
+impl Slots {
+    /// Starts one worker per device; every worker reports on `events`.
+    pub(crate) fn start(
+        devices: &[GpuInfo],
+        events: mpsc::Sender<SlotEvent>,
+    ) -> std::io::Result<Self> {
+        let running = Running::default();
+        let mut senders = HashMap::new();
+        for device in devices {
+            let (tx, rx) = std_mpsc::channel();
+            let worker = Worker {
+                device: device.clone(),
+                engines: HashMap::new(),
+                events: events.clone(),
+                running: Arc::clone(&running),
+            };
+            // Detached: a worker ends by itself once its queue is empty and closed.
+            std::thread::Builder::new()
+                .name(format!("slot-{}", device.index))
+                .spawn(move || worker.run(rx))?;
+            senders.insert(device.index, tx);
+        }
+        Ok(Self { senders, running })
+    }
+
+    /// Queues a job on the slot it names. `received` is when its frame arrived.
+    pub(crate) fn submit(&self, job: JobAssignment, received: Instant) -> Result<(), SubmitError> {
+        let sender = self
+            .senders
+            .get(&job.slot)
+            .ok_or(SubmitError::NoSuchSlot(job.slot))?;
+        let cancel = CancelToken::new();
+        {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            if running.contains_key(&job.id) {
+                return Err(SubmitError::Duplicate(job.id));
+            }
+            running.insert(job.id, cancel.clone());
+        }
+        let (id, slot) = (job.id, job.slot);
+        let queued = Queued {
+            job,
+            received,
+            cancel,
+        };
+        if sender.send(queued).is_err() {
+            self.forget(id);
+            return Err(SubmitError::SlotStopped(slot));
+        }
+        Ok(())
+    }
+
+    /// Asks a queued or running job to stop. Returns whether the job was still here.
+    pub(crate) fn cancel(&self, job: JobId) -> bool {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        match running.get(&job) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Jobs queued or running on any slot.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn forget(&self, job: JobId) {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&job);
+    }
+}
+
+impl Drop for Slots {
+    /// Cancels what is left; the workers end once their queues empty.
+    fn drop(&mut self) {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        for token in running.values() {
+            token.cancel();
+        }
+    }
+}
+
+/// The state a slot's thread owns.
+struct Worker {
+    device: GpuInfo,
+    /// Engines loaded on this device so far, by model id.
+    engines: HashMap<String, Box<dyn Engine>>,
+    events: mpsc::Sender<SlotEvent>,
+    running: Running,
+}
+
+impl Worker {
+    fn run(mut self, jobs: std_mpsc::Receiver<Queued>) {
+        while let Ok(queued) = jobs.recv() {
+            let id = queued.job.id;
+            let outcome = self.execute(&queued);
+            self.running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            // A closed channel means the agent is stopping; the outcome has nowhere to go.
+            let _ = self
+                .events
+                .blocking_send(SlotEvent::Finished { job: id, outcome });
+        }
+    }
+
+    fn execute(&mut self, queued: &Queued) -> Result<(JobOutput, Metrics), EngineError> {
+        let job = &queued.job;
+        let mut metrics = Metrics {
+            queue_ms: millis_since(queued.received),
+            ..Metrics::default()
+        };
+        if queued.cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        if metrics.queue_ms > job.lease_ms {
+            return Err(EngineError::Transient(format!(
+                "the lease expired after {} ms in the queue",
+                metrics.queue_ms
+            )));
+        }
+        let load_start = Instant::now();
+        if !self.engines.contains_key(&job.model) {
+            let engine = engine::create(&job.model, &self.device)?;
+            self.engines.insert(job.model.clone(), engine);
+            metrics.load_ms = millis_since(load_start);
+        }
+        let infer_start = Instant::now();
+        let output = self.infer(job, &queued.cancel)?;
+        metrics.infer_ms = millis_since(infer_start);
+        Ok((output, metrics))
+    }
+
+    fn infer(
+        &mut self,
+        job: &JobAssignment,
+        cancel: &CancelToken,
+    ) -> Result<JobOutput, EngineError> {
+        let Some(engine) = self.engines.get_mut(&job.model) else {
+            return Err(EngineError::Agent(format!(
+                "model `{}` is not loaded",
+                job.model
+            )));
+        };
+        let events = &self.events;
+        let mut on_event = |event: EngineEvent| match event {
+            EngineEvent::Token { index, text } => {
+                let _ = events.blocking_send(SlotEvent::Token {
+                    job: job.id,
+                    index,
+                    text,
+                });
+            }
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| engine.run(job, cancel, &mut on_event)));
+        result.unwrap_or_else(|_| {
+            // The engine's state may be half-updated: load it afresh for the next job.
+            self.engines.remove(&job.model);
+            Err(EngineError::Agent(format!(
+                "the {} engine crashed on slot {}",
+                job.model, self.device.index
+            )))
+        })
+    }
+}
+
+fn millis_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use infermine_protocol::{JobParams, SyntheticParams};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::gpu::Devices;
+
+    fn job(slot: u32, delay_ms: u32) -> JobAssignment {
+        JobAssignment {
+            id: Uuid::now_v7(),
+            model: engine::SYNTHETIC_ECHO.to_owned(),
+            slot,
+            params: JobParams::Synthetic(SyntheticParams {
+                output_bytes: 16,
+                delay_ms,
+                stream_tokens: 1,
+                seed: 1,
+                fail: false,
+            }),
+            lease_ms: 60_000,
+            attempt: 1,
+        }
+    }
+
+    async fn finished(
+        events: &mut mpsc::Receiver<SlotEvent>,
+    ) -> (JobId, Result<Metrics, EngineError>) {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .expect("an event in time")
+                .expect("workers alive");
+            if let SlotEvent::Finished { job, outcome } = event {
+                return (job, outcome.map(|(_, metrics)| metrics));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_slot_queues_and_reports_the_wait() {
+        let (tx, mut events) = mpsc::channel(64);
+        let slots = Slots::start(Devices::cpu(1).infos(), tx).expect("start");
+        let (first, second) = (job(0, 100), job(0, 0));
+        let second_id = second.id;
+        slots.submit(first, Instant::now()).expect("first");
+        slots.submit(second, Instant::now()).expect("second");
+        assert_eq!(slots.in_flight(), 2);
+        finished(&mut events).await.1.expect("first ok");
+        let (id, metrics) = finished(&mut events).await;
+        assert_eq!(id, second_id);
+        assert!(metrics.expect("second ok").queue_ms >= 90);
+        assert_eq!(slots.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn cancelled_jobs_end_as_cancelled_and_unknown_slots_are_refused() {
+        let (tx, mut events) = mpsc::channel(64);
+        let slots = Slots::start(Devices::cpu(2).infos(), tx).expect("start");
+        let long = job(1, 60_000);
+        let id = long.id;
+        slots.submit(long, Instant::now()).expect("submit");
+        assert!(slots.cancel(id));
+        assert_eq!(
+            finished(&mut events).await,
+            (id, Err(EngineError::Cancelled))
+        );
+        assert!(!slots.cancel(id));
+        assert_eq!(
+            slots.submit(job(5, 0), Instant::now()),
+            Err(SubmitError::NoSuchSlot(5))
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! End-to-end tests: the real coordinator on a loopback port, real agent processes, real
+//! WebSockets, a real database (SQLite always; PostgreSQL when `INFERMINE_TEST_POSTGRES_URL`
+//! is set). One test binary, so the suite links once.
+
+mod api_errors;
+mod frames;
+mod lifecycle;
+
+/// Runs `$scenario(backend)` as two tests: on SQLite, and on PostgreSQL when configured.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$scenario(infermine_tests::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(backend) = infermine_tests::Backend::postgres().await {
+                    super::$scenario(backend).await;
+                }
+            }
+        }
+    };
+}
