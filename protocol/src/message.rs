@@ -11,9 +11,15 @@ pub enum AgentMessage {
     /// The first frame of every session.
     Hello(Hello),
     /// The agent took the job and started (or queued) it.
-    Accepted { job: JobId },
+    Accepted {
+        job: JobId,
+    },
     /// One streamed piece of an LLM completion. `index` counts from 0 within the job.
-    Token { job: JobId, index: u32, text: String },
+    Token {
+        job: JobId,
+        index: u32,
+        text: String,
+    },
     Result(JobResult),
     /// The job could not be done. A retryable failure sends it to another agent.
     Failed {
@@ -27,7 +33,10 @@ pub enum AgentMessage {
         gpus: Vec<GpuStats>,
     },
     /// Answer to a [`CoordinatorMessage::Challenge`].
-    Proof { id: u64, sha256: String },
+    Proof {
+        id: u64,
+        sha256: String,
+    },
 }
 
 /// Frames the coordinator sends.
@@ -37,8 +46,12 @@ pub enum CoordinatorMessage {
     Welcome(Welcome),
     Job(JobAssignment),
     /// Stop working on a job: the consumer cancelled it or its lease moved elsewhere.
-    Cancel { job: JobId },
-    Heartbeat { time_ms: u64 },
+    Cancel {
+        job: JobId,
+    },
+    Heartbeat {
+        time_ms: u64,
+    },
     /// Asks for the SHA-256 of `len` bytes at `offset` of one of a model's files, to prove
     /// the agent holds the file the registry lists.
     Challenge {

@@ -10,7 +10,9 @@ use infermine_protocol::{
 };
 
 fn frozen(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/frozen/v1").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/frozen/v1")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
@@ -38,7 +40,9 @@ fn assert_subset(name: &str, path: &str, before: &serde_json::Value, after: &ser
         (serde_json::Value::Object(b), serde_json::Value::Object(a)) => {
             for (key, value) in b {
                 let inner = format!("{path}.{key}");
-                let found = a.get(key).unwrap_or_else(|| panic!("{name}: `{inner}` lost"));
+                let found = a
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{name}: `{inner}` lost"));
                 assert_subset(name, &inner, value, found);
             }
         }
@@ -96,7 +100,10 @@ fn omitted_optional_fields_take_their_defaults() {
     let JobParams::Synthetic(params) = job.params else {
         panic!("not synthetic")
     };
-    assert_eq!((params.output_bytes, params.delay_ms, params.fail), (64, 5, false));
+    assert_eq!(
+        (params.output_bytes, params.delay_ms, params.fail),
+        (64, 5, false)
+    );
 
     let AgentMessage::Result(result) =
         decode_agent(&frozen("agent-result-image.json")).expect("parse")
@@ -104,7 +111,10 @@ fn omitted_optional_fields_take_their_defaults() {
         panic!("not a result")
     };
     assert_eq!(result.metrics.infer_ms, 0);
-    assert!(matches!(result.output, JobOutput::Image { png_b64: None, .. }));
+    assert!(matches!(
+        result.output,
+        JobOutput::Image { png_b64: None, .. }
+    ));
 }
 
 #[test]
