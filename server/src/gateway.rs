@@ -31,11 +31,17 @@ use crate::miners;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames queued for one agent before senders wait.
 const OUTBOUND_BUFFER: usize = 1024;
+/// Initial read buffer of an agent's socket.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Most devices one agent may register.
 const MAX_DEVICES: usize = 64;
 
 pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_FRAME_BYTES)
+    // tungstenite allocates its read buffer up front (128 KiB by default); agents mostly send
+    // small frames, and the buffer grows when a large one comes, so a small one keeps 10,000
+    // idle agents well under a gigabyte.
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| {
             let (sink, stream) = socket.split();

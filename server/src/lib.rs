@@ -36,6 +36,7 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
 use crate::auth::Auth;
@@ -176,6 +177,13 @@ pub async fn run(
         }
         let _ = closing_tx.send(true);
     };
+    // Frames and responses are small; without TCP_NODELAY, Nagle's algorithm meets delayed
+    // ACKs and adds ~40 ms to a round trip.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(graceful)
         .await

@@ -69,7 +69,8 @@ pub fn synthetic_output(params: &JobParams) -> JobOutput {
 impl RawAgent {
     /// Opens `ws://…/v1/agent/ws` on `base` (`ws://host:port`).
     pub async fn connect(base: &str) -> anyhow::Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("{base}/v1/agent/ws")).await?;
+        let url = format!("{base}/v1/agent/ws");
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
         Ok(Self { ws })
     }
 
