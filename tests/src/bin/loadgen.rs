@@ -12,6 +12,8 @@
 //! cargo run --release -p infermine-tests --bin loadgen -- --agents 1 --jobs 0 --idle-agents 10000
 //! ```
 
+#![expect(clippy::print_stdout, reason = "the figures are the program's output")]
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
