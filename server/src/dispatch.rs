@@ -42,6 +42,8 @@ pub struct QueuedJob {
     pub model: String,
     pub params: Arc<JobParams>,
     pub lease: Duration,
+    /// When the job was submitted (ms since the epoch); carried for the job's views.
+    pub created_ms: i64,
 }
 
 /// A job paired with a slot, for the sink to persist and send.

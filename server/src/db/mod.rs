@@ -24,6 +24,11 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A failure of a statement shared by several callers (a batched write), as text.
+    #[error("database: {0}")]
+    Shared(String),
+    #[error("the database writer has stopped (shutting down)")]
+    Closed,
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -54,6 +59,13 @@ pub trait Write: SqlxBinder {}
 impl Write for InsertStatement {}
 impl Write for UpdateStatement {}
 impl Write for DeleteStatement {}
+
+impl DbError {
+    /// A copy for each caller of a batched write that failed.
+    pub fn shared(&self) -> Self {
+        Self::Shared(self.to_string())
+    }
+}
 
 impl Db {
     /// Opens the database at `url` (`sqlite://PATH` or `postgres://…`), creating a SQLite file

@@ -14,7 +14,9 @@ use uuid::Uuid;
 
 use super::Jobs;
 use super::store::{self, JobRow, NewJob, Status};
+use super::waiters::Outcome;
 use crate::AppState;
+use crate::db::now_ms;
 use crate::dispatch::QueuedJob;
 use crate::error::{ApiError, ApiJson};
 
@@ -65,7 +67,7 @@ fn empty_object() -> serde_json::Value {
 }
 
 /// A job as its owner sees it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobView {
     pub id: Uuid,
     pub model: String,
@@ -224,20 +226,23 @@ impl Jobs {
         let id = Uuid::now_v7();
         let stored =
             serde_json::to_string(&params).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let created_ms = now_ms();
         let new = NewJob {
             id,
-            model,
+            model: model.to_owned(),
             kind: spec.kind.as_str(),
-            params: &stored,
+            params: stored,
             api_key_id: api_key,
+            created_ms,
         };
-        let created_ms = store::insert(&self.db, &new).await?;
+        self.writer.insert(new).await?;
         let lease = self.lease_for(model, &params);
         self.dispatcher.enqueue(QueuedJob {
             id,
             model: model.to_owned(),
             params: Arc::new(params),
             lease,
+            created_ms,
         });
         Ok(JobView {
             id,
@@ -268,24 +273,33 @@ impl Jobs {
         if wait.is_zero() {
             return Ok(JobView::from_row(self.owned(api_key, id).await?));
         }
-        let notify = self.waiters.watch(id);
-        let row = async {
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+        let mut outcome = self.waiters.watch(id);
+        let view = async {
             let row = self.owned(api_key, id).await?;
-            let done = Status::parse(&row.status).is_some_and(Status::is_final);
-            Ok::<_, ApiError>(
-                if done || tokio::time::timeout(wait, notified).await.is_err() {
-                    row
-                } else {
-                    self.owned(api_key, id).await?
-                },
+            if Status::parse(&row.status).is_some_and(Status::is_final) {
+                return Ok(JobView::from_row(row));
+            }
+            // The borrow of the watched value must end before the next await.
+            let known = match tokio::time::timeout(
+                wait,
+                outcome.wait_for(|o| matches!(o, Outcome::Final(_))),
             )
+            .await
+            {
+                Ok(Ok(outcome)) => match &*outcome {
+                    Outcome::Final(Some(view)) => Some(JobView::clone(view)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match known {
+                Some(view) => Ok(view),
+                None => Ok(JobView::from_row(self.owned(api_key, id).await?)),
+            }
         }
         .await;
-        self.waiters.forget(id, notify);
-        Ok(JobView::from_row(row?))
+        self.waiters.forget(id, outcome);
+        view
     }
 
     /// Cancels a queued or running job.
@@ -299,7 +313,7 @@ impl Jobs {
         }
         self.inflight().remove(&id);
         self.dispatcher.cancel(id);
-        self.waiters.wake(id);
+        self.waiters.finish(id, None);
         Ok(JobView::from_row(self.owned(api_key, id).await?))
     }
 }

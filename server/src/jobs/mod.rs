@@ -9,6 +9,7 @@ pub mod api;
 mod check;
 pub mod store;
 mod waiters;
+mod writer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -19,10 +20,12 @@ use crate::dispatch::{
     AssignSink, Assignment, Dispatcher, LostReason, Outbound, QueuedJob, SessionId,
 };
 use crate::registry::Registry;
+use api::JobView;
 use infermine_protocol::{CoordinatorMessage, JobAssignment, JobId, JobParams, JobResult};
-use store::{AttemptEnd, NewLease, QueueRow};
+use store::{AttemptEnd, Completion, NewLease, QueueRow, Status};
 use tokio::time::Instant;
 use waiters::Waiters;
+use writer::Writer;
 
 /// Why a result or failure report from an agent was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -33,11 +36,17 @@ pub enum Refusal {
     Db(#[from] DbError),
 }
 
-/// A job currently leased, as the lifecycle remembers it for checking its result.
+/// A job currently leased, as the lifecycle remembers it for checking its result and
+/// answering its waiters.
 #[derive(Debug)]
 struct Inflight {
     session: SessionId,
     params: Arc<JobParams>,
+    model: String,
+    miner_id: String,
+    attempt: u32,
+    created_ms: i64,
+    assigned_ms: i64,
     assigned_at: Instant,
 }
 
@@ -58,6 +67,7 @@ pub struct Jobs {
     limits: Limits,
     inflight: Mutex<HashMap<JobId, Inflight>>,
     waiters: Waiters,
+    writer: Writer,
 }
 
 impl Jobs {
@@ -68,12 +78,13 @@ impl Jobs {
         limits: Limits,
     ) -> Arc<Self> {
         Arc::new(Self {
-            db,
             registry,
             dispatcher,
             limits,
             inflight: Mutex::new(HashMap::new()),
             waiters: Waiters::default(),
+            writer: Writer::spawn(db.clone()),
+            db,
         })
     }
 
@@ -128,6 +139,7 @@ impl Jobs {
                     model: row.model,
                     params: Arc::new(params),
                     lease,
+                    created_ms: row.created_ms,
                 });
             }
             // Only a hand-edited row can get here: the API stores what it parsed.
@@ -140,8 +152,8 @@ impl Jobs {
     /// An agent returned a result. Checks it, stores it, completes the job, frees the slot.
     pub async fn complete(&self, session: SessionId, result: JobResult) -> Result<(), Refusal> {
         let job = result.job;
-        let (params, assigned_at) = match self.inflight().get(&job) {
-            Some(f) if f.session == session => (Arc::clone(&f.params), f.assigned_at),
+        let params = match self.inflight().get(&job) {
+            Some(f) if f.session == session => Arc::clone(&f.params),
             _ => return Err(Refusal::NotLeased(job)),
         };
         if let Err(problem) = check::output(&params, &result.output) {
@@ -150,18 +162,40 @@ impl Jobs {
                 .attempt_failed(session, job, &format!("invalid output: {problem}"), true)
                 .await;
         }
-        let output = serde_json::to_string(&result.output)
-            .map_err(|e| DbError::Sqlx(sqlx::Error::Encode(e.into())))?;
-        let metrics = serde_json::to_string(&result.metrics)
-            .map_err(|e| DbError::Sqlx(sqlx::Error::Encode(e.into())))?;
-        if !store::mark_completed(&self.db, job, session, &output, &metrics).await? {
-            self.inflight().remove(&job);
+        let encode =
+            |e: serde_json::Error| DbError::Shared(format!("cannot encode the result: {e}"));
+        let completion = Completion {
+            id: job,
+            session,
+            output: serde_json::to_string(&result.output).map_err(encode)?,
+            metrics: serde_json::to_string(&result.metrics).map_err(encode)?,
+            finished_ms: now_ms(),
+        };
+        let finished_ms = completion.finished_ms;
+        let stored = self.writer.complete(completion).await?;
+        let Some(inflight) = self.inflight().remove(&job) else {
+            return Err(Refusal::NotLeased(job));
+        };
+        if !stored {
             return Err(Refusal::NotLeased(job));
         }
-        self.inflight().remove(&job);
         self.dispatcher
-            .finished(job, session, Some(assigned_at.elapsed()));
-        self.waiters.wake(job);
+            .finished(job, session, Some(inflight.assigned_at.elapsed()));
+        let view = JobView {
+            id: job,
+            model: inflight.model,
+            status: Status::Completed.as_str().to_owned(),
+            attempts: i32::try_from(inflight.attempt).unwrap_or(i32::MAX),
+            created_ms: inflight.created_ms,
+            assigned_ms: Some(inflight.assigned_ms),
+            finished_ms: Some(finished_ms),
+            total_ms: Some(finished_ms - inflight.created_ms),
+            miner_id: Some(inflight.miner_id),
+            output: Some(result.output),
+            metrics: Some(result.metrics),
+            error: None,
+        };
+        self.waiters.finish(job, Some(view));
         Ok(())
     }
 
@@ -187,7 +221,7 @@ impl Jobs {
     fn settle(&self, job: JobId, end: AttemptEnd) {
         match end {
             AttemptEnd::Requeued(row) => self.enqueue_row(row),
-            AttemptEnd::Failed => self.waiters.wake(job),
+            AttemptEnd::Failed => self.waiters.finish(job, None),
             AttemptEnd::NotLeased => {}
         }
     }
@@ -201,15 +235,17 @@ impl Jobs {
             agent,
         } = assignment;
         let lease_ms = u64::try_from(job.lease.as_millis()).unwrap_or(u64::MAX);
-        let wallet = miner_id.split('-').next().unwrap_or_default();
+        let assigned_ms = now_ms();
         let lease = NewLease {
             id: job.id,
             session,
-            miner_id: &miner_id,
-            wallet,
-            lease_expires_ms: now_ms().saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX)),
+            wallet: miner_id.split('-').next().unwrap_or_default().to_owned(),
+            miner_id: miner_id.clone(),
+            lease_expires_ms: assigned_ms
+                .saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX)),
+            assigned_ms,
         };
-        let Some(attempt) = store::mark_assigned(&self.db, &lease).await? else {
+        let Some(attempt) = self.writer.assign(lease).await? else {
             self.dispatcher.release(job.id, session);
             return Ok(());
         };
@@ -218,6 +254,11 @@ impl Jobs {
             Inflight {
                 session,
                 params: Arc::clone(&job.params),
+                model: job.model.clone(),
+                miner_id,
+                attempt,
+                created_ms: job.created_ms,
+                assigned_ms,
                 assigned_at: Instant::now(),
             },
         );

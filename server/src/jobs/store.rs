@@ -2,7 +2,7 @@
 //! expected`), so two writers racing over a job (a result and a lease expiry, say) cannot
 //! both win: the loser touches no row and learns it lost.
 
-use sea_query::{Expr, ExprTrait, Iden, Query, SelectStatement, UpdateStatement};
+use sea_query::{CaseStatement, Expr, ExprTrait, Iden, Query, SelectStatement, UpdateStatement};
 use uuid::Uuid;
 
 use crate::db::{Db, DbError, now_ms};
@@ -92,26 +92,39 @@ pub struct QueueRow {
     pub id: Uuid,
     pub model: String,
     pub params: String,
+    pub created_ms: i64,
 }
 
 /// A new job, as the consumer API persists it.
 #[derive(Debug)]
-pub struct NewJob<'a> {
+pub struct NewJob {
     pub id: Uuid,
-    pub model: &'a str,
-    pub kind: &'a str,
-    pub params: &'a str,
+    pub model: String,
+    pub kind: &'static str,
+    pub params: String,
     pub api_key_id: Uuid,
+    pub created_ms: i64,
 }
 
 /// A lease the dispatcher handed out.
 #[derive(Debug)]
-pub struct NewLease<'a> {
+pub struct NewLease {
     pub id: Uuid,
     pub session: Uuid,
-    pub miner_id: &'a str,
-    pub wallet: &'a str,
+    pub miner_id: String,
+    pub wallet: String,
     pub lease_expires_ms: i64,
+    pub assigned_ms: i64,
+}
+
+/// A result to record.
+#[derive(Debug)]
+pub struct Completion {
+    pub id: Uuid,
+    pub session: Uuid,
+    pub output: String,
+    pub metrics: String,
+    pub finished_ms: i64,
 }
 
 /// The outcome of ending an attempt without a result.
@@ -138,33 +151,33 @@ const JOB_COLUMNS: [Jobs; 12] = [
     Jobs::FinishedMs,
 ];
 
-pub async fn insert(db: &Db, job: &NewJob<'_>) -> Result<i64, DbError> {
-    let now = now_ms();
-    let insert = Query::insert()
-        .into_table(Jobs::Table)
-        .columns([
-            Jobs::Id,
-            Jobs::Model,
-            Jobs::Kind,
-            Jobs::Params,
-            Jobs::Status,
-            Jobs::ApiKeyId,
-            Jobs::CreatedMs,
-            Jobs::UpdatedMs,
-        ])
-        .values_panic([
+/// Writes new queued jobs, all in one statement.
+pub async fn insert_many(db: &Db, jobs: &[NewJob]) -> Result<(), DbError> {
+    let mut insert = Query::insert();
+    insert.into_table(Jobs::Table).columns([
+        Jobs::Id,
+        Jobs::Model,
+        Jobs::Kind,
+        Jobs::Params,
+        Jobs::Status,
+        Jobs::ApiKeyId,
+        Jobs::CreatedMs,
+        Jobs::UpdatedMs,
+    ]);
+    for job in jobs {
+        insert.values_panic([
             job.id.into(),
-            job.model.into(),
+            job.model.as_str().into(),
             job.kind.into(),
-            job.params.into(),
+            job.params.as_str().into(),
             Status::Queued.as_str().into(),
             job.api_key_id.into(),
-            now.into(),
-            now.into(),
-        ])
-        .to_owned();
+            job.created_ms.into(),
+            job.created_ms.into(),
+        ]);
+    }
     db.execute(&insert).await?;
-    Ok(now)
+    Ok(())
 }
 
 pub async fn get(db: &Db, id: Uuid) -> Result<Option<JobRow>, DbError> {
@@ -176,53 +189,117 @@ pub async fn get(db: &Db, id: Uuid) -> Result<Option<JobRow>, DbError> {
     db.fetch_optional(&select).await
 }
 
-/// queued → assigned; returns the attempt number, or `None` when the job is no longer queued
-/// (cancelled meanwhile).
-pub async fn mark_assigned(db: &Db, lease: &NewLease<'_>) -> Result<Option<u32>, DbError> {
-    let now = now_ms();
+/// `CASE WHEN id = … THEN … END` over a batch: one column's per-job values in one statement.
+fn per_job<T>(
+    items: &[T],
+    id: impl Fn(&T) -> Uuid,
+    value: impl Fn(&T) -> sea_query::Value,
+    column: Jobs,
+) -> Expr {
+    let mut case = CaseStatement::new();
+    for item in items {
+        case = case.case(Expr::col(Jobs::Id).eq(id(item)), Expr::Value(value(item)));
+    }
+    Expr::Case(Box::new(case.finally(Expr::col(column))))
+}
+
+/// queued → assigned for each lease, in one statement. Returns the jobs that moved, with
+/// their attempt numbers; a job missing from the answer was no longer queued (cancelled).
+pub async fn assign_many(db: &Db, leases: &[NewLease]) -> Result<Vec<(Uuid, u32)>, DbError> {
     let update = Query::update()
         .table(Jobs::Table)
         .value(Jobs::Status, Status::Assigned.as_str())
-        .value(Jobs::AgentSession, lease.session)
-        .value(Jobs::MinerId, lease.miner_id)
-        .value(Jobs::Wallet, lease.wallet)
-        .value(Jobs::LeaseExpiresMs, lease.lease_expires_ms)
-        .value(Jobs::AssignedMs, now)
-        .value(Jobs::UpdatedMs, now)
+        .value(
+            Jobs::AgentSession,
+            per_job(leases, |l| l.id, |l| l.session.into(), Jobs::AgentSession),
+        )
+        .value(
+            Jobs::MinerId,
+            per_job(
+                leases,
+                |l| l.id,
+                |l| l.miner_id.as_str().into(),
+                Jobs::MinerId,
+            ),
+        )
+        .value(
+            Jobs::Wallet,
+            per_job(leases, |l| l.id, |l| l.wallet.as_str().into(), Jobs::Wallet),
+        )
+        .value(
+            Jobs::LeaseExpiresMs,
+            per_job(
+                leases,
+                |l| l.id,
+                |l| l.lease_expires_ms.into(),
+                Jobs::LeaseExpiresMs,
+            ),
+        )
+        .value(
+            Jobs::AssignedMs,
+            per_job(leases, |l| l.id, |l| l.assigned_ms.into(), Jobs::AssignedMs),
+        )
+        .value(Jobs::UpdatedMs, now_ms())
         .value(Jobs::Attempts, Expr::col(Jobs::Attempts).add(1))
-        .and_where(Expr::col(Jobs::Id).eq(lease.id))
+        .and_where(Expr::col(Jobs::Id).is_in(leases.iter().map(|l| l.id)))
         .and_where(Expr::col(Jobs::Status).eq(Status::Queued.as_str()))
-        .returning_col(Jobs::Attempts)
+        .returning(Query::returning().columns([Jobs::Id, Jobs::Attempts]))
         .to_owned();
-    let rows: Vec<(i32,)> = db.write_returning(&update).await?;
+    let rows: Vec<(Uuid, i32)> = db.write_returning(&update).await?;
     Ok(rows
-        .first()
-        .map(|(attempts,)| u32::try_from(*attempts).unwrap_or(1)))
+        .into_iter()
+        .map(|(id, attempts)| (id, u32::try_from(attempts).unwrap_or(1)))
+        .collect())
 }
 
-/// assigned (to `session`) → completed, with the output. False when the lease was lost.
-pub async fn mark_completed(
-    db: &Db,
-    id: Uuid,
-    session: Uuid,
-    output: &str,
-    metrics: &str,
-) -> Result<bool, DbError> {
-    let now = now_ms();
+/// assigned → completed for each result whose job is still leased to the session that sent
+/// it, in one statement. Returns the jobs that completed.
+pub async fn complete_many(db: &Db, completions: &[Completion]) -> Result<Vec<Uuid>, DbError> {
     let update = Query::update()
         .table(Jobs::Table)
         .value(Jobs::Status, Status::Completed.as_str())
-        .value(Jobs::Output, output)
-        .value(Jobs::Metrics, metrics)
+        .value(
+            Jobs::Output,
+            per_job(
+                completions,
+                |c| c.id,
+                |c| c.output.as_str().into(),
+                Jobs::Output,
+            ),
+        )
+        .value(
+            Jobs::Metrics,
+            per_job(
+                completions,
+                |c| c.id,
+                |c| c.metrics.as_str().into(),
+                Jobs::Metrics,
+            ),
+        )
+        .value(
+            Jobs::FinishedMs,
+            per_job(
+                completions,
+                |c| c.id,
+                |c| c.finished_ms.into(),
+                Jobs::FinishedMs,
+            ),
+        )
         .value(Jobs::Error, Option::<String>::None)
         .value(Jobs::LeaseExpiresMs, Option::<i64>::None)
-        .value(Jobs::FinishedMs, now)
-        .value(Jobs::UpdatedMs, now)
-        .and_where(Expr::col(Jobs::Id).eq(id))
+        .value(Jobs::UpdatedMs, now_ms())
+        .and_where(Expr::col(Jobs::Id).is_in(completions.iter().map(|c| c.id)))
         .and_where(Expr::col(Jobs::Status).eq(Status::Assigned.as_str()))
-        .and_where(Expr::col(Jobs::AgentSession).eq(session))
+        .and_where(Expr::col(Jobs::AgentSession).eq(per_job(
+            completions,
+            |c| c.id,
+            |c| c.session.into(),
+            Jobs::AgentSession,
+        )))
+        .returning_col(Jobs::Id)
         .to_owned();
-    Ok(db.execute(&update).await? == 1)
+    let rows: Vec<(Uuid,)> = db.write_returning(&update).await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// Ends an attempt that produced no result. The job goes back to the queue while it has
@@ -244,7 +321,12 @@ pub async fn end_attempt(
             .value(Jobs::Error, reason)
             .value(Jobs::UpdatedMs, now)
             .and_where(Expr::col(Jobs::Attempts).lt(i64::from(max_attempts)))
-            .returning(Query::returning().columns([Jobs::Id, Jobs::Model, Jobs::Params]))
+            .returning(Query::returning().columns([
+                Jobs::Id,
+                Jobs::Model,
+                Jobs::Params,
+                Jobs::CreatedMs,
+            ]))
             .to_owned();
         if let Some(row) = db.write_returning::<QueueRow>(&requeue).await?.pop() {
             return Ok(AttemptEnd::Requeued(row));
@@ -310,7 +392,7 @@ pub async fn release_all_leases(db: &Db) -> Result<u64, DbError> {
 /// Every queued job, oldest first.
 pub async fn queued(db: &Db) -> Result<Vec<QueueRow>, DbError> {
     let select: SelectStatement = Query::select()
-        .columns([Jobs::Id, Jobs::Model, Jobs::Params])
+        .columns([Jobs::Id, Jobs::Model, Jobs::Params, Jobs::CreatedMs])
         .from(Jobs::Table)
         .and_where(Expr::col(Jobs::Status).eq(Status::Queued.as_str()))
         .order_by(Jobs::CreatedMs, sea_query::Order::Asc)
@@ -322,7 +404,7 @@ pub async fn queued(db: &Db) -> Result<Vec<QueueRow>, DbError> {
 /// One job, if it is still queued.
 pub async fn queued_one(db: &Db, id: Uuid) -> Result<Option<QueueRow>, DbError> {
     let select = Query::select()
-        .columns([Jobs::Id, Jobs::Model, Jobs::Params])
+        .columns([Jobs::Id, Jobs::Model, Jobs::Params, Jobs::CreatedMs])
         .from(Jobs::Table)
         .and_where(Expr::col(Jobs::Id).eq(id))
         .and_where(Expr::col(Jobs::Status).eq(Status::Queued.as_str()))
