@@ -13,10 +13,13 @@ use tokio::sync::{mpsc, oneshot};
 /// bound parameters).
 const MAX_BATCH: usize = 256;
 
+/// Where a write's outcome goes.
+type Reply<T> = oneshot::Sender<Result<T, DbError>>;
+
 enum Op {
-    Insert(NewJob, oneshot::Sender<Result<(), DbError>>),
-    Assign(NewLease, oneshot::Sender<Result<Option<u32>, DbError>>),
-    Complete(Completion, oneshot::Sender<Result<bool, DbError>>),
+    Insert(NewJob, Reply<()>),
+    Assign(NewLease, Reply<Option<u32>>),
+    Complete(Completion, Reply<bool>),
 }
 
 /// Handle to the writer task.
@@ -81,7 +84,7 @@ async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<Op>) {
     }
 }
 
-async fn write_inserts(db: &Db, batch: Vec<(NewJob, oneshot::Sender<Result<(), DbError>>)>) {
+async fn write_inserts(db: &Db, batch: Vec<(NewJob, Reply<()>)>) {
     if batch.is_empty() {
         return;
     }
@@ -92,10 +95,7 @@ async fn write_inserts(db: &Db, batch: Vec<(NewJob, oneshot::Sender<Result<(), D
     }
 }
 
-async fn write_assigns(
-    db: &Db,
-    batch: Vec<(NewLease, oneshot::Sender<Result<Option<u32>, DbError>>)>,
-) {
+async fn write_assigns(db: &Db, batch: Vec<(NewLease, Reply<Option<u32>>)>) {
     if batch.is_empty() {
         return;
     }
@@ -116,10 +116,7 @@ async fn write_assigns(
     }
 }
 
-async fn write_completes(
-    db: &Db,
-    batch: Vec<(Completion, oneshot::Sender<Result<bool, DbError>>)>,
-) {
+async fn write_completes(db: &Db, batch: Vec<(Completion, Reply<bool>)>) {
     if batch.is_empty() {
         return;
     }
