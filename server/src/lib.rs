@@ -161,7 +161,7 @@ pub async fn run(
         dispatcher: dispatcher.clone(),
         closing,
     };
-    let sweeper = tokio::spawn(sweep(Arc::clone(&jobs)));
+    let sweeper = tokio::spawn(sweep(Arc::clone(&jobs), db.clone()));
     tracing::info!(listen = %listener.local_addr()?, database = db.dialect(), "coordinator ready");
 
     let drain_timeout = Duration::from_secs(config.drain_timeout_s);
@@ -197,11 +197,17 @@ pub async fn run(
     Ok(())
 }
 
-async fn sweep(jobs: Arc<Jobs>) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(10));
-    loop {
+/// Background upkeep: WAL checkpoints every second, the overdue-lease sweep every ten.
+async fn sweep(jobs: Arc<Jobs>, db: Db) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    for tick in 0u64.. {
         ticker.tick().await;
-        if let Err(e) = jobs.sweep_overdue().await {
+        if let Err(e) = db.checkpoint().await {
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
+        if tick % 10 == 9
+            && let Err(e) = jobs.sweep_overdue().await
+        {
             tracing::warn!(error = %e, "lease sweep failed; will retry");
         }
     }

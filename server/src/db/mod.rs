@@ -45,6 +45,8 @@ pub enum Db {
     Sqlite {
         write: SqlitePool,
         read: SqlitePool,
+        /// Runs WAL checkpoints, which the writer never does itself.
+        checkpoint: SqlitePool,
     },
     Postgres(PgPool),
 }
@@ -95,15 +97,26 @@ impl Db {
                 source,
             })?;
         }
+        // Checkpoints fsync; on the writer's connection they would stall the hot path, so
+        // the writer never checkpoints and a background connection does it (see
+        // `Db::checkpoint`; passive checkpoints never block the writer).
         let write = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await?;
-        Ok(Self::Sqlite { write, read })
+        let checkpoint = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        Ok(Self::Sqlite {
+            write,
+            read,
+            checkpoint,
+        })
     }
 
     /// Applies the embedded migrations for this dialect.
@@ -200,11 +213,27 @@ impl Db {
         })
     }
 
+    /// Moves SQLite's write-ahead log into the database file without blocking writers.
+    /// Called periodically; a no-op on PostgreSQL.
+    pub async fn checkpoint(&self) -> Result<(), DbError> {
+        if let Self::Sqlite { checkpoint, .. } = self {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(checkpoint)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Closes every connection (on shutdown, so SQLite checkpoints its WAL).
     pub async fn close(&self) {
         match self {
-            Self::Sqlite { write, read } => {
+            Self::Sqlite {
+                write,
+                read,
+                checkpoint,
+            } => {
                 read.close().await;
+                checkpoint.close().await;
                 write.close().await;
             }
             Self::Postgres(pool) => pool.close().await,

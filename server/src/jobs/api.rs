@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::Jobs;
+use super::live::Outcome;
 use super::store::{self, JobRow, NewJob, Status};
-use super::waiters::Outcome;
 use crate::AppState;
 use crate::db::now_ms;
 use crate::dispatch::QueuedJob;
@@ -236,6 +236,7 @@ impl Jobs {
             created_ms,
         };
         self.writer.insert(new).await?;
+        self.live.add(id, Some(api_key));
         let lease = self.lease_for(model, &params);
         self.dispatcher.enqueue(QueuedJob {
             id,
@@ -270,15 +271,9 @@ impl Jobs {
 
     /// Reads a job, waiting up to `wait` for it to reach a final state.
     pub async fn view(&self, api_key: Uuid, id: Uuid, wait: Duration) -> Result<JobView, ApiError> {
-        if wait.is_zero() {
-            return Ok(JobView::from_row(self.owned(api_key, id).await?));
-        }
-        let mut outcome = self.waiters.watch(id);
-        let view = async {
-            let row = self.owned(api_key, id).await?;
-            if Status::parse(&row.status).is_some_and(Status::is_final) {
-                return Ok(JobView::from_row(row));
-            }
+        if !wait.is_zero()
+            && let Some(mut outcome) = self.live.watch(id, api_key)
+        {
             // The borrow of the watched value must end before the next await.
             let known = match tokio::time::timeout(
                 wait,
@@ -292,14 +287,11 @@ impl Jobs {
                 },
                 _ => None,
             };
-            match known {
-                Some(view) => Ok(view),
-                None => Ok(JobView::from_row(self.owned(api_key, id).await?)),
+            if let Some(view) = known {
+                return Ok(view);
             }
         }
-        .await;
-        self.waiters.forget(id, outcome);
-        view
+        Ok(JobView::from_row(self.owned(api_key, id).await?))
     }
 
     /// Cancels a queued or running job.
@@ -313,7 +305,7 @@ impl Jobs {
         }
         self.inflight().remove(&id);
         self.dispatcher.cancel(id);
-        self.waiters.finish(id, None);
+        self.live.finish(id, None);
         Ok(JobView::from_row(self.owned(api_key, id).await?))
     }
 }

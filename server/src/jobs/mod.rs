@@ -7,8 +7,8 @@
 
 pub mod api;
 mod check;
+mod live;
 pub mod store;
-mod waiters;
 mod writer;
 
 use std::collections::HashMap;
@@ -22,9 +22,9 @@ use crate::dispatch::{
 use crate::registry::Registry;
 use api::JobView;
 use infermine_protocol::{CoordinatorMessage, JobAssignment, JobId, JobParams, JobResult};
+use live::Live;
 use store::{AttemptEnd, Completion, NewLease, QueueRow, Status};
 use tokio::time::Instant;
-use waiters::Waiters;
 use writer::Writer;
 
 /// Why a result or failure report from an agent was not accepted.
@@ -66,7 +66,7 @@ pub struct Jobs {
     dispatcher: Dispatcher,
     limits: Limits,
     inflight: Mutex<HashMap<JobId, Inflight>>,
-    waiters: Waiters,
+    live: Live,
     writer: Writer,
 }
 
@@ -82,7 +82,7 @@ impl Jobs {
             dispatcher,
             limits,
             inflight: Mutex::new(HashMap::new()),
-            waiters: Waiters::default(),
+            live: Live::default(),
             writer: Writer::spawn(db.clone()),
             db,
         })
@@ -118,6 +118,7 @@ impl Jobs {
         let queued = store::queued(&self.db).await?;
         let count = queued.len();
         for row in queued {
+            self.live.add(row.id, row.api_key_id);
             self.enqueue_row(row);
         }
         if count > 0 {
@@ -195,7 +196,7 @@ impl Jobs {
             metrics: Some(result.metrics),
             error: None,
         };
-        self.waiters.finish(job, Some(view));
+        self.live.finish(job, Some(view));
         Ok(())
     }
 
@@ -221,7 +222,7 @@ impl Jobs {
     fn settle(&self, job: JobId, end: AttemptEnd) {
         match end {
             AttemptEnd::Requeued(row) => self.enqueue_row(row),
-            AttemptEnd::Failed => self.waiters.finish(job, None),
+            AttemptEnd::Failed => self.live.finish(job, None),
             AttemptEnd::NotLeased => {}
         }
     }

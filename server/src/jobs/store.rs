@@ -93,6 +93,7 @@ pub struct QueueRow {
     pub model: String,
     pub params: String,
     pub created_ms: i64,
+    pub api_key_id: Option<Uuid>,
 }
 
 /// A new job, as the consumer API persists it.
@@ -392,7 +393,13 @@ pub async fn release_all_leases(db: &Db) -> Result<u64, DbError> {
 /// Every queued job, oldest first.
 pub async fn queued(db: &Db) -> Result<Vec<QueueRow>, DbError> {
     let select: SelectStatement = Query::select()
-        .columns([Jobs::Id, Jobs::Model, Jobs::Params, Jobs::CreatedMs])
+        .columns([
+            Jobs::Id,
+            Jobs::Model,
+            Jobs::Params,
+            Jobs::CreatedMs,
+            Jobs::ApiKeyId,
+        ])
         .from(Jobs::Table)
         .and_where(Expr::col(Jobs::Status).eq(Status::Queued.as_str()))
         .order_by(Jobs::CreatedMs, sea_query::Order::Asc)
@@ -404,7 +411,13 @@ pub async fn queued(db: &Db) -> Result<Vec<QueueRow>, DbError> {
 /// One job, if it is still queued.
 pub async fn queued_one(db: &Db, id: Uuid) -> Result<Option<QueueRow>, DbError> {
     let select = Query::select()
-        .columns([Jobs::Id, Jobs::Model, Jobs::Params, Jobs::CreatedMs])
+        .columns([
+            Jobs::Id,
+            Jobs::Model,
+            Jobs::Params,
+            Jobs::CreatedMs,
+            Jobs::ApiKeyId,
+        ])
         .from(Jobs::Table)
         .and_where(Expr::col(Jobs::Id).eq(id))
         .and_where(Expr::col(Jobs::Status).eq(Status::Queued.as_str()))
