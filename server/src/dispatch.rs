@@ -8,7 +8,7 @@
 //! requeue and failure. The database's conditional updates settle any race between the two.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -230,6 +230,8 @@ struct State<S> {
     idle: HashMap<String, BTreeSet<(u64, SlotKey)>>,
     /// Per model, jobs waiting, oldest first; `u64` is the arrival order across models.
     queues: HashMap<String, VecDeque<(u64, QueuedJob)>>,
+    /// Every job in `queues`, so a job offered twice is queued once.
+    queued_ids: HashSet<JobId>,
     arrivals: u64,
     leases: HashMap<JobId, Lease>,
     deadlines: BinaryHeap<Reverse<(Instant, JobId)>>,
@@ -245,6 +247,7 @@ pub async fn run(inbox: DispatcherInbox, sink: impl AssignSink) {
         slots: HashMap::new(),
         idle: HashMap::new(),
         queues: HashMap::new(),
+        queued_ids: HashSet::new(),
         arrivals: 0,
         leases: HashMap::new(),
         deadlines: BinaryHeap::new(),
@@ -302,7 +305,7 @@ impl<S: AssignSink> State<S> {
     }
 
     fn enqueue(&mut self, job: QueuedJob) {
-        if self.leases.contains_key(&job.id) {
+        if self.leases.contains_key(&job.id) || self.queued_ids.contains(&job.id) {
             return;
         }
         if !self.draining
@@ -312,6 +315,7 @@ impl<S: AssignSink> State<S> {
             return;
         }
         self.arrivals += 1;
+        self.queued_ids.insert(job.id);
         self.queues
             .entry(job.model.clone())
             .or_default()
@@ -370,8 +374,10 @@ impl<S: AssignSink> State<S> {
             self.slot_freed(lease.slot, None);
             return;
         }
-        for queue in self.queues.values_mut() {
-            queue.retain(|(_, queued)| queued.id != job);
+        if self.queued_ids.remove(&job) {
+            for queue in self.queues.values_mut() {
+                queue.retain(|(_, queued)| queued.id != job);
+            }
         }
     }
 
@@ -475,6 +481,7 @@ impl<S: AssignSink> State<S> {
             let Some((_, job)) = self.queues.get_mut(&model).and_then(VecDeque::pop_front) else {
                 break;
             };
+            self.queued_ids.remove(&job.id);
             self.start(job, key);
         }
         self.update_idle(key);
@@ -609,6 +616,15 @@ mod tests {
             panic!("not assigned")
         };
         assert_eq!(id, second.id, "model b never goes to a slot without it");
+    }
+
+    #[tokio::test]
+    async fn a_job_offered_twice_is_queued_once() {
+        let (dispatcher, _decisions) = start();
+        let queued = job("m", 60_000);
+        dispatcher.enqueue(queued.clone());
+        dispatcher.enqueue(queued);
+        assert_eq!(dispatcher.snapshot().await.queued, 1);
     }
 
     #[tokio::test]

@@ -197,7 +197,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Background upkeep: WAL checkpoints every second, the overdue-lease sweep every ten.
+/// Background upkeep: WAL checkpoints every second, the overdue-lease sweep every ten, and
+/// the queue reconciliation every sixty.
 async fn sweep(jobs: Arc<Jobs>, db: Db) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     for tick in 0u64.. {
@@ -209,6 +210,11 @@ async fn sweep(jobs: Arc<Jobs>, db: Db) {
             && let Err(e) = jobs.sweep_overdue().await
         {
             tracing::warn!(error = %e, "lease sweep failed; will retry");
+        }
+        if tick % 60 == 59
+            && let Err(e) = jobs.reoffer_queued().await
+        {
+            tracing::warn!(error = %e, "queue reconciliation failed; will retry");
         }
     }
 }

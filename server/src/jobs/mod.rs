@@ -303,6 +303,19 @@ impl Jobs {
         }
     }
 
+    /// Safety net behind the in-memory queue: offers the dispatcher every job the database
+    /// holds as queued for a while (the dispatcher ignores those it already has). Covers a
+    /// write whose outcome was lost, so no queued job can be forgotten.
+    pub async fn reoffer_queued(&self) -> Result<usize, DbError> {
+        let rows = store::stale_queued(&self.db, now_ms() - 30_000, 10_000).await?;
+        let count = rows.len();
+        for row in rows {
+            self.live.add(row.id, row.api_key_id);
+            self.enqueue_row(row);
+        }
+        Ok(count)
+    }
+
     /// Safety net behind the dispatcher's timers: requeues leases long past their deadline.
     pub async fn sweep_overdue(&self) -> Result<(), DbError> {
         let cutoff = now_ms() - i64::try_from(self.limits.lease_grace.as_millis()).unwrap_or(0) * 2;
@@ -343,5 +356,69 @@ impl AssignSink for Arc<Jobs> {
     fn lost(&self, job: JobId, session: SessionId, reason: LostReason) {
         let jobs = Arc::clone(self);
         tokio::spawn(async move { jobs.lose_lease(job, session, reason).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use infermine_protocol::SyntheticParams;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// Regression: a job the database holds as queued but the dispatcher never heard of (a
+    /// write whose reply was lost) is offered again, once.
+    #[tokio::test]
+    async fn queued_jobs_the_dispatcher_lost_are_offered_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::connect(&Config::with_data_dir(dir.path()).database_url())
+            .await
+            .expect("db");
+        db.migrate().await.expect("migrate");
+        let (dispatcher, inbox) = Dispatcher::channel();
+        let limits = Limits {
+            max_attempts: 3,
+            lease_grace: Duration::from_secs(1),
+            max_wait: Duration::from_secs(1),
+        };
+        let jobs = Jobs::new(
+            db.clone(),
+            Arc::new(Registry::builtin()),
+            dispatcher.clone(),
+            limits,
+        );
+        tokio::spawn(crate::dispatch::run(inbox, Arc::clone(&jobs)));
+
+        let params = JobParams::Synthetic(SyntheticParams {
+            output_bytes: 1,
+            delay_ms: 0,
+            stream_tokens: 0,
+            seed: 0,
+            fail: false,
+        });
+        let forgotten = store::NewJob {
+            id: uuid::Uuid::now_v7(),
+            model: "synthetic-echo".to_owned(),
+            kind: "synthetic",
+            params: serde_json::to_string(&params).expect("json"),
+            api_key_id: uuid::Uuid::now_v7(),
+            created_ms: now_ms() - 60_000,
+        };
+        store::insert_many(&db, std::slice::from_ref(&forgotten))
+            .await
+            .expect("insert");
+        assert_eq!(dispatcher.snapshot().await.queued, 0);
+
+        assert_eq!(jobs.reoffer_queued().await.expect("reoffer"), 1);
+        assert_eq!(
+            jobs.reoffer_queued().await.expect("reoffer"),
+            1,
+            "still queued in the database"
+        );
+        assert_eq!(
+            dispatcher.snapshot().await.queued,
+            1,
+            "offered twice, queued once"
+        );
     }
 }

@@ -137,6 +137,15 @@ pub enum AttemptEnd {
     NotLeased,
 }
 
+/// The columns of a [`QueueRow`].
+const QUEUE_COLUMNS: [Jobs; 5] = [
+    Jobs::Id,
+    Jobs::Model,
+    Jobs::Params,
+    Jobs::CreatedMs,
+    Jobs::ApiKeyId,
+];
+
 const JOB_COLUMNS: [Jobs; 12] = [
     Jobs::Id,
     Jobs::Model,
@@ -322,12 +331,7 @@ pub async fn end_attempt(
             .value(Jobs::Error, reason)
             .value(Jobs::UpdatedMs, now)
             .and_where(Expr::col(Jobs::Attempts).lt(i64::from(max_attempts)))
-            .returning(Query::returning().columns([
-                Jobs::Id,
-                Jobs::Model,
-                Jobs::Params,
-                Jobs::CreatedMs,
-            ]))
+            .returning(Query::returning().columns(QUEUE_COLUMNS))
             .to_owned();
         if let Some(row) = db.write_returning::<QueueRow>(&requeue).await?.pop() {
             return Ok(AttemptEnd::Requeued(row));
@@ -393,13 +397,7 @@ pub async fn release_all_leases(db: &Db) -> Result<u64, DbError> {
 /// Every queued job, oldest first.
 pub async fn queued(db: &Db) -> Result<Vec<QueueRow>, DbError> {
     let select: SelectStatement = Query::select()
-        .columns([
-            Jobs::Id,
-            Jobs::Model,
-            Jobs::Params,
-            Jobs::CreatedMs,
-            Jobs::ApiKeyId,
-        ])
+        .columns(QUEUE_COLUMNS)
         .from(Jobs::Table)
         .and_where(Expr::col(Jobs::Status).eq(Status::Queued.as_str()))
         .order_by(Jobs::CreatedMs, sea_query::Order::Asc)
@@ -408,16 +406,23 @@ pub async fn queued(db: &Db) -> Result<Vec<QueueRow>, DbError> {
     db.fetch_all(&select).await
 }
 
+/// Jobs queued and untouched since `cutoff_ms`, oldest first (at most `limit`).
+pub async fn stale_queued(db: &Db, cutoff_ms: i64, limit: u64) -> Result<Vec<QueueRow>, DbError> {
+    let select = Query::select()
+        .columns(QUEUE_COLUMNS)
+        .from(Jobs::Table)
+        .and_where(Expr::col(Jobs::Status).eq(Status::Queued.as_str()))
+        .and_where(Expr::col(Jobs::UpdatedMs).lt(cutoff_ms))
+        .order_by(Jobs::CreatedMs, sea_query::Order::Asc)
+        .limit(limit)
+        .to_owned();
+    db.fetch_all(&select).await
+}
+
 /// One job, if it is still queued.
 pub async fn queued_one(db: &Db, id: Uuid) -> Result<Option<QueueRow>, DbError> {
     let select = Query::select()
-        .columns([
-            Jobs::Id,
-            Jobs::Model,
-            Jobs::Params,
-            Jobs::CreatedMs,
-            Jobs::ApiKeyId,
-        ])
+        .columns(QUEUE_COLUMNS)
         .from(Jobs::Table)
         .and_where(Expr::col(Jobs::Id).eq(id))
         .and_where(Expr::col(Jobs::Status).eq(Status::Queued.as_str()))
