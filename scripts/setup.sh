@@ -24,6 +24,18 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
 
+# scripts/test.sh and scripts/dev.sh both start here; on a fresh clone run at once, the second
+# waits for the first instead of unpacking over it.
+mkdir -p "$dest"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$dest/.setup.lock"
+  flock 9
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    echo "setup: libtorch $TORCH_VERSION already in $dest/torch"
+    exit 0
+  fi
+fi
+
 for tool in python3 unzip; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     if [[ $tool == unzip ]] && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
@@ -44,7 +56,9 @@ python3 -m pip download --no-deps --only-binary=:all: --progress-bar on \
   "nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION" \
   "nvidia-cuda-cupti==$CUPTI_VERSION"
 
-torch_whl=$(ls "$wheels"/torch-"$TORCH_VERSION"-*.whl | head -n1)
+torch_whls=("$wheels"/torch-"$TORCH_VERSION"-*.whl)
+torch_whl=${torch_whls[0]}
+[[ -f $torch_whl ]] || { echo "setup: pip did not leave a torch $TORCH_VERSION wheel in $wheels" >&2; exit 1; }
 tmp="$dest/.unpack"
 rm -rf "$tmp" "$dest/torch"
 mkdir -p "$tmp"

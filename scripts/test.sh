@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: libtorch set-up, the binaries the end-to-end tests spawn, then
+# `cargo test --workspace` against SQLite and a throw-away PostgreSQL.
+#
+#   scripts/test.sh                         # everything
+#   scripts/test.sh -p infermine-server     # extra arguments go to `cargo test` (-p replaces
+#                                           # --workspace)
+#   scripts/test.sh -- --nocapture
+#
+# PostgreSQL: with INFERMINE_TEST_POSTGRES_URL set, the tests use that server; otherwise this
+# starts one with scripts/pg-test.sh and removes it afterwards. INFERMINE_TEST_NO_POSTGRES=1
+# runs without PostgreSQL (its tests are skipped).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+# Constant, so it never invalidates cargo's fingerprints; the binaries carry an rpath anyway.
+export LD_LIBRARY_PATH="$root/.libtorch/torch/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+
+started=$SECONDS
+section() { printf '\n==> %s\n' "$*" >&2; }
+finish() {
+  local rc=$?
+  if [[ -n ${pg_dir:-} ]]; then
+    scripts/pg-test.sh stop "$pg_dir" || true
+  fi
+  if [[ $rc == 0 ]]; then
+    section "tests passed in $((SECONDS - started)) s"
+  else
+    section "tests FAILED (exit $rc) after $((SECONDS - started)) s"
+  fi
+}
+trap finish EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+section "libtorch (scripts/setup.sh)"
+scripts/setup.sh
+
+section "build binaries (cargo build --workspace --bins)"
+cargo build --workspace --bins
+
+section "PostgreSQL"
+if [[ -n ${INFERMINE_TEST_POSTGRES_URL:-} ]]; then
+  echo "using INFERMINE_TEST_POSTGRES_URL from the environment" >&2
+elif [[ -n ${INFERMINE_TEST_NO_POSTGRES:-} ]]; then
+  echo "INFERMINE_TEST_NO_POSTGRES is set: PostgreSQL tests will be skipped" >&2
+else
+  pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/infermine-pg.XXXXXX")
+  INFERMINE_TEST_POSTGRES_URL=$(INFERMINE_PG_TEST_DIR=$pg_dir scripts/pg-test.sh)
+  export INFERMINE_TEST_POSTGRES_URL
+  echo "INFERMINE_TEST_POSTGRES_URL=$INFERMINE_TEST_POSTGRES_URL" >&2
+fi
+
+# --workspace would override a -p/--package given here, so it is added only without one.
+scope=(--workspace)
+for arg in "$@"; do
+  [[ $arg == -- ]] && break
+  [[ $arg == -p || $arg == --package || $arg == -p?* || $arg == --package=* ]] && scope=()
+done
+section "cargo test${scope[*]:+ ${scope[*]}}${*:+ $*}"
+cargo test "${scope[@]}" "$@"
