@@ -211,3 +211,30 @@ async fn cancelling_queued_and_running_jobs(backend: Backend) {
     assert_eq!(view["status"], "cancelled", "{view}");
 }
 on_both_databases!(cancelling_queued_and_running_jobs);
+
+async fn sigterm_lets_running_jobs_finish(backend: Backend) {
+    let server = TestServer::start(&backend).await;
+    let token = server.miner_token("leaving").await;
+    let mut agent = AgentProcess::spawn(&server, &token, &[]).await;
+    server.wait_slots(1).await;
+    let client = server.client();
+    let id = client
+        .submit_ok("synthetic-echo", json!({ "delay_ms": 1500 }))
+        .await;
+    server
+        .wait_status("a running job", |s| s["leased"] == 1)
+        .await;
+    agent.terminate();
+    let status = agent
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("agent exits after its job");
+    assert!(status.success(), "clean exit; log:\n{}", agent.log());
+    let (_, view) = client.get(&id, 0.0).await;
+    assert_eq!(
+        (view["status"].as_str(), view["attempts"].as_i64()),
+        (Some("completed"), Some(1)),
+        "{view}"
+    );
+}
+on_both_databases!(sigterm_lets_running_jobs_finish);
