@@ -248,16 +248,8 @@ impl Client {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.key)
-            .json(body)
-            .send()
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
             .await
-            .expect("send");
-        let status = response.status().as_u16();
-        (status, response.json().await.expect("JSON body"))
     }
 
     /// Submits a job that must be accepted; returns its id.
@@ -269,25 +261,21 @@ impl Client {
 
     /// `GET /v1/jobs/{id}?wait=`.
     pub async fn get(&self, id: &str, wait_s: f64) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}/v1/jobs/{id}?wait={wait_s}", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .expect("send");
-        let status = response.status().as_u16();
-        (status, response.json().await.expect("JSON body"))
+        self.send(
+            self.http
+                .get(format!("{}/v1/jobs/{id}?wait={wait_s}", self.base)),
+        )
+        .await
     }
 
     pub async fn cancel(&self, id: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .delete(format!("{}/v1/jobs/{id}", self.base))
-            .bearer_auth(&self.key)
-            .send()
+        self.send(self.http.delete(format!("{}/v1/jobs/{id}", self.base)))
             .await
-            .expect("send");
+    }
+
+    /// Sends with this client's key; returns the status code and the JSON body.
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.bearer_auth(&self.key).send().await.expect("send");
         let status = response.status().as_u16();
         (status, response.json().await.expect("JSON body"))
     }

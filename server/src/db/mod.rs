@@ -51,6 +51,23 @@ pub enum Db {
     Postgres(PgPool),
 }
 
+/// Builds `$statement` for the pool's dialect and runs `$body` with the pool (`write` or
+/// `read` side on SQLite; PostgreSQL has one pool), the SQL and its bound values.
+macro_rules! on_dialect {
+    ($db:expr, $side:ident, $statement:expr, |$pool:ident, $sql:ident, $values:ident| $body:expr) => {
+        match $db {
+            Db::Sqlite { $side: $pool, .. } => {
+                let ($sql, $values) = $statement.build_sqlx(SqliteQueryBuilder);
+                $body
+            }
+            Db::Postgres($pool) => {
+                let ($sql, $values) = $statement.build_sqlx(PostgresQueryBuilder);
+                $body
+            }
+        }
+    };
+}
+
 /// A row type readable from both databases.
 pub trait Row: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
 impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
@@ -138,40 +155,21 @@ impl Db {
 
     /// Runs an insert, update or delete; returns the number of rows it touched.
     pub async fn execute(&self, statement: &impl Write) -> Result<u64, DbError> {
-        Ok(match self {
-            Self::Sqlite { write, .. } => {
-                let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
-                sqlx::query_with(AssertSqlSafe(sql), values)
-                    .execute(write)
-                    .await?
-                    .rows_affected()
-            }
-            Self::Postgres(pool) => {
-                let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
-                sqlx::query_with(AssertSqlSafe(sql), values)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
-            }
-        })
+        Ok(on_dialect!(self, write, statement, |pool, sql, values| {
+            sqlx::query_with(AssertSqlSafe(sql), values)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
     }
 
     /// Runs a write with a `RETURNING` clause and reads the rows it returned.
     pub async fn write_returning<T: Row>(&self, statement: &impl Write) -> Result<Vec<T>, DbError> {
-        Ok(match self {
-            Self::Sqlite { write, .. } => {
-                let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
-                sqlx::query_as_with(AssertSqlSafe(sql), values)
-                    .fetch_all(write)
-                    .await?
-            }
-            Self::Postgres(pool) => {
-                let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
-                sqlx::query_as_with(AssertSqlSafe(sql), values)
-                    .fetch_all(pool)
-                    .await?
-            }
-        })
+        Ok(on_dialect!(self, write, statement, |pool, sql, values| {
+            sqlx::query_as_with(AssertSqlSafe(sql), values)
+                .fetch_all(pool)
+                .await?
+        }))
     }
 
     /// Reads at most one row.
@@ -179,38 +177,20 @@ impl Db {
         &self,
         statement: &SelectStatement,
     ) -> Result<Option<T>, DbError> {
-        Ok(match self {
-            Self::Sqlite { read, .. } => {
-                let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
-                sqlx::query_as_with(AssertSqlSafe(sql), values)
-                    .fetch_optional(read)
-                    .await?
-            }
-            Self::Postgres(pool) => {
-                let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
-                sqlx::query_as_with(AssertSqlSafe(sql), values)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        })
+        Ok(on_dialect!(self, read, statement, |pool, sql, values| {
+            sqlx::query_as_with(AssertSqlSafe(sql), values)
+                .fetch_optional(pool)
+                .await?
+        }))
     }
 
     /// Reads every row.
     pub async fn fetch_all<T: Row>(&self, statement: &SelectStatement) -> Result<Vec<T>, DbError> {
-        Ok(match self {
-            Self::Sqlite { read, .. } => {
-                let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
-                sqlx::query_as_with(AssertSqlSafe(sql), values)
-                    .fetch_all(read)
-                    .await?
-            }
-            Self::Postgres(pool) => {
-                let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
-                sqlx::query_as_with(AssertSqlSafe(sql), values)
-                    .fetch_all(pool)
-                    .await?
-            }
-        })
+        Ok(on_dialect!(self, read, statement, |pool, sql, values| {
+            sqlx::query_as_with(AssertSqlSafe(sql), values)
+                .fetch_all(pool)
+                .await?
+        }))
     }
 
     /// Moves SQLite's write-ahead log into the database file without blocking writers.

@@ -90,9 +90,7 @@ async fn write_inserts(db: &Db, batch: Vec<(NewJob, Reply<()>)>) {
     }
     let (jobs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
     let outcome = store::insert_many(db, &jobs).await;
-    for reply in replies {
-        let _ = reply.send(outcome.as_ref().map(|_| ()).map_err(DbError::shared));
-    }
+    answer(&jobs, replies, outcome, |_, ()| ());
 }
 
 async fn write_assigns(db: &Db, batch: Vec<(NewLease, Reply<Option<u32>>)>) {
@@ -100,20 +98,13 @@ async fn write_assigns(db: &Db, batch: Vec<(NewLease, Reply<Option<u32>>)>) {
         return;
     }
     let (leases, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-    match store::assign_many(db, &leases).await {
-        Ok(assigned) => {
-            for (lease, reply) in leases.iter().zip(replies) {
-                let attempt = assigned
-                    .iter()
-                    .find(|(id, _)| *id == lease.id)
-                    .map(|(_, attempt)| *attempt);
-                let _ = reply.send(Ok(attempt));
-            }
-        }
-        Err(e) => replies.into_iter().for_each(|reply| {
-            let _ = reply.send(Err(DbError::shared(&e)));
-        }),
-    }
+    let outcome = store::assign_many(db, &leases).await;
+    answer(&leases, replies, outcome, |lease, assigned| {
+        assigned
+            .iter()
+            .find(|(id, _)| *id == lease.id)
+            .map(|(_, attempt)| *attempt)
+    });
 }
 
 async fn write_completes(db: &Db, batch: Vec<(Completion, Reply<bool>)>) {
@@ -121,14 +112,23 @@ async fn write_completes(db: &Db, batch: Vec<(Completion, Reply<bool>)>) {
         return;
     }
     let (completions, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-    match store::complete_many(db, &completions).await {
-        Ok(completed) => {
-            for (completion, reply) in completions.iter().zip(replies) {
-                let _ = reply.send(Ok(completed.contains(&completion.id)));
-            }
-        }
-        Err(e) => replies.into_iter().for_each(|reply| {
-            let _ = reply.send(Err(DbError::shared(&e)));
-        }),
+    let outcome = store::complete_many(db, &completions).await;
+    answer(&completions, replies, outcome, |completion, completed| {
+        completed.contains(&completion.id)
+    });
+}
+
+/// Tells each caller of a batch its part of the statement's outcome (or its failure).
+fn answer<I, R, T>(
+    items: &[I],
+    replies: Vec<Reply<T>>,
+    outcome: Result<R, DbError>,
+    part: impl Fn(&I, &R) -> T,
+) {
+    for (item, reply) in items.iter().zip(replies) {
+        let _ = reply.send(match &outcome {
+            Ok(result) => Ok(part(item, result)),
+            Err(e) => Err(e.shared()),
+        });
     }
 }
