@@ -141,6 +141,14 @@ pub async fn run(
     let config = Arc::new(config);
     let db = open_db(&config).await?;
     let registry = Arc::new(load_registry(&config)?);
+    let mut unpinned: Vec<&str> = registry
+        .unpinned_files()
+        .map(|(model, _)| model.id.as_str())
+        .collect();
+    unpinned.dedup();
+    if !unpinned.is_empty() {
+        tracing::warn!(models = ?unpinned, "these models list files without a pinned SHA-256 and size; agents refuse such files until the registry pins them");
+    }
     let auth = Arc::new(Auth::new(&config, db.clone())?);
     let (dispatcher, inbox) = Dispatcher::channel();
     let limits = jobs::Limits {
@@ -230,5 +238,23 @@ fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn database_passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/im"),
+            "postgres://app:***@db:5432/im"
+        );
+        assert_eq!(redact("postgres://app@db/im"), "postgres://app@db/im");
+        assert_eq!(
+            redact("sqlite://./data/infermine.db"),
+            "sqlite://./data/infermine.db"
+        );
     }
 }
