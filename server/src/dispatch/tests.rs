@@ -1,0 +1,206 @@
+//! The dispatcher's scheduling rules, driven through its handle with a sink that records
+//! what it decided.
+use infermine_protocol::SyntheticParams;
+
+use super::*;
+
+/// Records what the dispatcher decided.
+#[derive(Debug)]
+enum Decision {
+    Assign(JobId, SessionId, u32),
+    Lost(JobId, SessionId, LostReason),
+}
+
+struct RecordingSink(mpsc::UnboundedSender<Decision>);
+
+impl AssignSink for RecordingSink {
+    fn assign(&self, a: Assignment) {
+        let _ = self
+            .0
+            .send(Decision::Assign(a.job.id, a.session, a.gpu_index));
+    }
+    fn lost(&self, job: JobId, session: SessionId, reason: LostReason) {
+        let _ = self.0.send(Decision::Lost(job, session, reason));
+    }
+}
+
+fn start() -> (Dispatcher, mpsc::UnboundedReceiver<Decision>) {
+    let (dispatcher, inbox) = Dispatcher::channel();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(inbox, RecordingSink(tx)));
+    (dispatcher, rx)
+}
+
+fn job(model: &str, lease_ms: u64) -> QueuedJob {
+    QueuedJob {
+        id: Uuid::now_v7(),
+        model: model.to_owned(),
+        params: Arc::new(JobParams::Synthetic(SyntheticParams {
+            output_bytes: 1,
+            delay_ms: 0,
+            stream_tokens: 0,
+            seed: 0,
+            fail: false,
+        })),
+        lease: Duration::from_millis(lease_ms),
+        created_ms: 0,
+    }
+}
+
+fn agent(
+    dispatcher: &Dispatcher,
+    models: &[&str],
+    gpus: u32,
+) -> (SessionId, mpsc::Receiver<Outbound>) {
+    let session = Uuid::now_v7();
+    let (tx, rx) = mpsc::channel(16);
+    let slots = (0..gpus)
+        .map(|gpu_index| SlotSpec {
+            gpu_index,
+            miner_id: format!("m-gpu{gpu_index}"),
+            models: models.iter().map(|m| ((*m).to_owned(), 1)).collect(),
+        })
+        .collect();
+    dispatcher.agent_joined(session, tx, slots);
+    (session, rx)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Decision>) -> Decision {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a decision")
+        .expect("open")
+}
+
+#[tokio::test]
+async fn jobs_wait_for_a_slot_with_their_model_and_go_oldest_first() {
+    let (dispatcher, mut decisions) = start();
+    let (first, second, other) = (job("a", 60_000), job("a", 60_000), job("b", 60_000));
+    for queued in [&first, &second, &other] {
+        dispatcher.enqueue(queued.clone());
+    }
+    assert_eq!(dispatcher.snapshot().await.queued, 3);
+    let (session, _rx) = agent(&dispatcher, &["a"], 1);
+    let Decision::Assign(id, s, 0) = next(&mut decisions).await else {
+        panic!("not assigned")
+    };
+    assert_eq!(
+        (id, s),
+        (first.id, session),
+        "oldest job of the slot's model first"
+    );
+    assert_eq!(
+        dispatcher.snapshot().await,
+        Snapshot {
+            agents: 1,
+            slots: 1,
+            queued: 2,
+            leased: 1
+        }
+    );
+
+    dispatcher.finished(first.id, session, Some(Duration::from_millis(5)));
+    let Decision::Assign(id, _, _) = next(&mut decisions).await else {
+        panic!("not assigned")
+    };
+    assert_eq!(id, second.id, "model b never goes to a slot without it");
+}
+
+#[tokio::test]
+async fn a_job_offered_twice_is_queued_once() {
+    let (dispatcher, _decisions) = start();
+    let queued = job("m", 60_000);
+    dispatcher.enqueue(queued.clone());
+    dispatcher.enqueue(queued);
+    assert_eq!(dispatcher.snapshot().await.queued, 1);
+}
+
+#[tokio::test]
+async fn ties_go_to_the_slot_with_the_lowest_recent_latency() {
+    let (dispatcher, mut decisions) = start();
+    let (_slow, _a) = agent(&dispatcher, &["m"], 1);
+    let (fast, _b) = agent(&dispatcher, &["m"], 1);
+    // One job each (a slot runs one at a time); the fast slot answers in 10 ms.
+    for _ in 0..2 {
+        dispatcher.enqueue(job("m", 60_000));
+    }
+    for _ in 0..2 {
+        let Decision::Assign(id, s, _) = next(&mut decisions).await else {
+            panic!("not assigned")
+        };
+        let latency = if s == fast { 10 } else { 900 };
+        dispatcher.finished(id, s, Some(Duration::from_millis(latency)));
+    }
+    for _ in 0..3 {
+        let queued = job("m", 60_000);
+        dispatcher.enqueue(queued.clone());
+        let Decision::Assign(_, s, _) = next(&mut decisions).await else {
+            panic!()
+        };
+        assert_eq!(s, fast, "the faster slot wins while it is idle");
+        dispatcher.finished(queued.id, s, Some(Duration::from_millis(10)));
+    }
+}
+
+#[tokio::test]
+async fn a_departed_agent_loses_its_leases_and_its_slots() {
+    let (dispatcher, mut decisions) = start();
+    let (session, _rx) = agent(&dispatcher, &["m"], 2);
+    let (a, b) = (job("m", 60_000), job("m", 60_000));
+    dispatcher.enqueue(a.clone());
+    dispatcher.enqueue(b.clone());
+    next(&mut decisions).await;
+    next(&mut decisions).await;
+    dispatcher.agent_left(session);
+    let mut lost = vec![];
+    for _ in 0..2 {
+        let Decision::Lost(id, s, LostReason::AgentDisconnected) = next(&mut decisions).await
+        else {
+            panic!()
+        };
+        assert_eq!(s, session);
+        lost.push(id);
+    }
+    lost.sort();
+    let mut expected = vec![a.id, b.id];
+    expected.sort();
+    assert_eq!(lost, expected);
+    assert_eq!(dispatcher.snapshot().await, Snapshot::default());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_lease_is_lost_and_its_agent_told_to_stop() {
+    let (dispatcher, mut decisions) = start();
+    let (session, mut frames) = agent(&dispatcher, &["m"], 1);
+    let queued = job("m", 1_000);
+    dispatcher.enqueue(queued.clone());
+    next(&mut decisions).await;
+    tokio::time::advance(Duration::from_millis(1_001)).await;
+    let Decision::Lost(id, s, LostReason::LeaseExpired) = next(&mut decisions).await else {
+        panic!()
+    };
+    assert_eq!((id, s), (queued.id, session));
+    let Some(Outbound::Frame(CoordinatorMessage::Cancel { job })) = frames.recv().await else {
+        panic!()
+    };
+    assert_eq!(job, queued.id);
+    // A result arriving after expiry frees nothing twice.
+    dispatcher.finished(queued.id, session, None);
+    assert_eq!(dispatcher.snapshot().await.leased, 0);
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_job_removes_it_and_draining_stops_assignment() {
+    let (dispatcher, mut decisions) = start();
+    let (cancelled, kept) = (job("m", 60_000), job("m", 60_000));
+    dispatcher.enqueue(cancelled.clone());
+    dispatcher.enqueue(kept.clone());
+    dispatcher.cancel(cancelled.id);
+    dispatcher.drain();
+    let (_session, _rx) = agent(&dispatcher, &["m"], 1);
+    assert_eq!(dispatcher.snapshot().await.queued, 1);
+    assert!(
+        decisions.try_recv().is_err(),
+        "nothing is assigned while draining"
+    );
+}
