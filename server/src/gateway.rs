@@ -359,27 +359,40 @@ fn read_error(error: &axum::Error) -> Ending {
 }
 
 /// Acts on one frame; `Some` ends the session.
+///
+/// Results and failures are recorded in tasks of their own: each waits for a database write,
+/// and a busy agent must not finish only one job per write round trip. They concern
+/// different jobs, so their order does not matter; the rate limit bounds how many start.
 async fn handle(state: &AppState, session: SessionId, message: AgentMessage) -> Option<Ending> {
-    let outcome = match message {
+    let jobs = std::sync::Arc::clone(&state.jobs);
+    match message {
         AgentMessage::Hello(_) => {
             return Some(Ending::new(CloseCode::ProtocolError, "hello sent twice"));
         }
-        AgentMessage::Result(result) => state.jobs.complete(session, result).await,
+        AgentMessage::Result(result) => {
+            tokio::spawn(async move { report(session, jobs.complete(session, result).await) });
+        }
         AgentMessage::Failed {
             job,
             reason,
             retryable,
         } => {
-            state
-                .jobs
-                .attempt_failed(session, job, &reason, retryable)
-                .await
+            tokio::spawn(async move {
+                report(
+                    session,
+                    jobs.attempt_failed(session, job, &reason, retryable).await,
+                )
+            });
         }
         AgentMessage::Accepted { .. }
         | AgentMessage::Token { .. }
         | AgentMessage::Heartbeat { .. }
-        | AgentMessage::Proof { .. } => Ok(()),
-    };
+        | AgentMessage::Proof { .. } => {}
+    }
+    None
+}
+
+fn report(session: SessionId, outcome: Result<(), Refusal>) {
     match outcome {
         Ok(()) => {}
         Err(Refusal::NotLeased(job)) => {
@@ -389,7 +402,6 @@ async fn handle(state: &AppState, session: SessionId, message: AgentMessage) -> 
             tracing::error!(%session, error = %e, "could not record an agent's report")
         }
     }
-    None
 }
 
 fn text(message: &CoordinatorMessage) -> Message {
