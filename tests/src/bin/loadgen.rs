@@ -104,10 +104,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let cpu_before = cpu_seconds(pid)?;
-    let (elapsed, mut latencies, failures) = submit_all(&args, &client).await;
+    let (elapsed, latencies, failures) = submit_all(&args, &client).await;
     let server_cpu = cpu_seconds(pid)? - cpu_before;
-    latencies.sort_unstable();
-    let completed = latencies.len();
+    let completed = latencies.round_trip.len();
     let rss_now = rss_kib(pid, "VmRSS")?;
     let rss_peak = rss_kib(pid, "VmHWM")?;
     let _ = server.kill();
@@ -133,12 +132,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             server_cpu * 1e6 / completed.max(1) as f64,
             server_cpu * 100.0 / elapsed.as_secs_f64()
         );
-        println!(
-            "loadgen: round trip submit->result (agent work ~0): p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms",
-            percentile(&latencies, 0.50),
-            percentile(&latencies, 0.90),
-            percentile(&latencies, 0.99),
-            percentile(&latencies, 1.0)
+        let line = |name: &str, sorted: &[u64]| {
+            println!(
+                "loadgen: {name}: p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms",
+                percentile(sorted, 0.50),
+                percentile(sorted, 0.90),
+                percentile(sorted, 0.99),
+                percentile(sorted, 1.0)
+            );
+        };
+        line(
+            "round trip submit->result (agent work ~0)",
+            &latencies.round_trip,
+        );
+        line(
+            "inside the coordinator (job persisted -> result persisted, 1 ms resolution)",
+            &latencies.server,
         );
     }
     println!(
@@ -230,8 +239,18 @@ async fn stay_idle(mut agent: RawAgent) {
     }
 }
 
-/// Submits every job and waits for each result; returns wall time, latencies in µs, failures.
-async fn submit_all(args: &Args, client: &Client) -> (Duration, Vec<u64>, usize) {
+/// Per-job latencies in µs, sorted.
+#[derive(Debug, Default)]
+struct Latencies {
+    /// What the consumer saw: from sending the submit to holding the result.
+    round_trip: Vec<u64>,
+    /// What the coordinator measured: from persisting the job to persisting its result
+    /// (millisecond resolution).
+    server: Vec<u64>,
+}
+
+/// Submits every job and waits for each result; returns wall time, latencies, failures.
+async fn submit_all(args: &Args, client: &Client) -> (Duration, Latencies, usize) {
     let limit = Arc::new(Semaphore::new(
         args.rate.map_or(args.concurrency, |_| 100_000),
     ));
@@ -259,18 +278,24 @@ async fn submit_all(args: &Args, client: &Client) -> (Duration, Vec<u64>, usize)
             }
             let id = body["id"].as_str()?.to_owned();
             let view = client.wait_final(&id, Duration::from_secs(60)).await;
-            (view["status"] == "completed")
-                .then(|| u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX))
+            let round_trip = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let server_us = view["total_ms"].as_u64().unwrap_or(u64::MAX / 1000) * 1000;
+            (view["status"] == "completed").then_some((round_trip, server_us))
         }));
     }
-    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut latencies = Latencies::default();
     let mut failures = 0;
     for task in tasks {
         match task.await {
-            Ok(Some(us)) => latencies.push(us),
+            Ok(Some((round_trip, server))) => {
+                latencies.round_trip.push(round_trip);
+                latencies.server.push(server);
+            }
             _ => failures += 1,
         }
     }
+    latencies.round_trip.sort_unstable();
+    latencies.server.sort_unstable();
     (started.elapsed(), latencies, failures)
 }
 
