@@ -7,8 +7,8 @@
 //! server's peak RSS.
 //!
 //! ```text
-//! cargo run --release -p infermine-tests --bin loadgen -- --agents 8 --jobs 20000
-//! cargo run --release -p infermine-tests --bin loadgen -- --agents 8 --jobs 10000 --rate 1000
+//! cargo run --release -p infermine-tests --bin loadgen -- --agents 64 --jobs 20000 --concurrency 128
+//! cargo run --release -p infermine-tests --bin loadgen -- --agents 64 --jobs 10000 --rate 1000
 //! cargo run --release -p infermine-tests --bin loadgen -- --agents 1 --jobs 0 --idle-agents 10000
 //! ```
 
