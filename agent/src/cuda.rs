@@ -55,7 +55,8 @@ fn log_status(status: &CudaStatus, expect_gpu: bool) {
         Some(path) => tracing::debug!("loaded libtorch's CUDA backend from {}", path.display()),
         None if expect_gpu => tracing::warn!(
             "could not load libtorch's CUDA backend, so inference runs on the CPU; install the \
-             CUDA 13 libraries libtorch needs (cuBLAS, cuDNN, …) where the loader finds them: {}",
+             CUDA 13 libraries libtorch needs with `scripts/setup.sh --cuda` (or put cuBLAS, \
+             cuDNN, … where the loader finds them): {}",
             status.errors.join("; ")
         ),
         None => tracing::debug!(
@@ -64,6 +65,7 @@ fn log_status(status: &CudaStatus, expect_gpu: bool) {
         ),
     }
     tracing::info!(
+        cuda_backend_loaded = status.loaded.is_some(),
         cuda_available = status.available,
         cuda_devices = status.device_count,
         "libtorch CUDA: {}",
