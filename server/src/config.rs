@@ -10,6 +10,8 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::points::PointsConfig;
+
 /// Every setting of the coordinator. Field docs are the reference for the TOML file, whose keys
 /// are these field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +48,8 @@ pub struct Config {
     pub agent_max_frames_per_s: u32,
     /// `text` for people, `json` for log collectors.
     pub log_format: LogFormat,
+    /// Boost tables (`[points]` in the file; tables have no flag or variable).
+    pub points: PointsConfig,
 }
 
 /// How log lines are written.
@@ -74,6 +78,7 @@ impl Default for Config {
             drain_timeout_s: 20,
             agent_max_frames_per_s: 2_000,
             log_format: LogFormat::Text,
+            points: PointsConfig::default(),
         }
     }
 }
@@ -151,6 +156,7 @@ impl Config {
         if self.jwt_secret.is_some() && self.jwt_secret_file.is_some() {
             return invalid("set jwt_secret or jwt_secret_file, not both");
         }
+        self.points.validate().map_err(ConfigError::Invalid)?;
         if let Some(url) = &self.database_url
             && !(url.starts_with("sqlite:")
                 || url.starts_with("postgres://")
@@ -242,7 +248,11 @@ mod tests {
     fn file_then_overrides_take_precedence() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("infermine.toml");
-        std::fs::write(&path, "listen = \"0.0.0.0:9000\"\nmax_attempts = 7\n").expect("write");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\nmax_attempts = 7\n[points]\nnft_boost = [{ min_held = 1, multiplier = 1.25 }]\n",
+        )
+        .expect("write");
         let overrides = Overrides {
             max_attempts: Some(2),
             ..Overrides::default()
@@ -250,6 +260,7 @@ mod tests {
         let config = Config::load(Some(&path), &overrides).expect("valid");
         assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(config.max_attempts, 2);
+        assert_eq!(config.points.nft_multiplier(3), 1_250_000);
     }
 
     #[test]
@@ -263,6 +274,14 @@ mod tests {
         std::fs::write(&path, "agent_timeout_s = 5\nheartbeat_interval_s = 10\n").expect("write");
         let err = Config::load(Some(&path), &Overrides::default()).expect_err("bad timeout");
         assert!(err.to_string().contains("agent_timeout_s"), "{err}");
+
+        std::fs::write(
+            &path,
+            "[points]\nnft_boost = [{ min_held = 1, multiplier = 0.5 }]\n",
+        )
+        .expect("write");
+        let err = Config::load(Some(&path), &Overrides::default()).expect_err("bad boost");
+        assert!(err.to_string().contains("points.nft_boost"), "{err}");
 
         let err = Config::load(Some(&dir.path().join("nope.toml")), &Overrides::default())
             .expect_err("missing file");

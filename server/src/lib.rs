@@ -26,6 +26,7 @@ pub mod error;
 pub mod gateway;
 pub mod jobs;
 pub mod miners;
+pub mod points;
 pub mod registry;
 
 use std::future::Future;
