@@ -95,7 +95,7 @@ fn multiplier(table: &[BoostTier], held: u32) -> u64 {
 /// Which of a wallet's miners a holding of `held` boosts: at most 3·`held` of them, chosen
 /// by seniority — earliest first seen first, ties by miner id — so the choice is stable as
 /// GPUs come and go and cannot be gamed by renaming a rig.
-pub fn boosted_miners<'a>(miners: &'a [(String, i64)], held: u32) -> HashSet<&'a str> {
+pub fn boosted_miners(miners: &[(String, i64)], held: u32) -> HashSet<&str> {
     let mut by_seniority: Vec<&(String, i64)> = miners.iter().collect();
     by_seniority.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
     let room = usize::try_from(u64::from(held) * GPUS_PER_NFT).unwrap_or(usize::MAX);
