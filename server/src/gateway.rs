@@ -19,6 +19,7 @@ use infermine_protocol::{
     SlotInfo, Welcome, decode_agent, encode,
 };
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -33,6 +34,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const OUTBOUND_BUFFER: usize = 1024;
 /// Initial read buffer of an agent's socket.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// How long a departing agent's last reports may take to be recorded.
+const REPORTS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most devices one agent may register.
 const MAX_DEVICES: usize = 64;
 
@@ -87,9 +90,10 @@ where
     tracing::info!(%session, wallet = %identity.wallet, rig = %identity.name, "agent connected");
 
     let heartbeat = Duration::from_secs(state.config.heartbeat_interval_s);
+    let mut reports = JoinSet::new();
     let mut writer = tokio::spawn(write_loop(sink, rx, heartbeat));
     let Ending(code, reason) = tokio::select! {
-        ending = read_loop(&state, session, &mut stream) => ending,
+        ending = read_loop(&state, session, &mut stream, &mut reports) => ending,
         _ = &mut writer => Ending::new(CloseCode::GoingAway, "connection lost while writing"),
     };
     tracing::info!(%session, code = code.code(), %reason, "agent session ended");
@@ -100,6 +104,12 @@ where
             .is_ok();
     if !closed {
         writer.abort();
+    }
+    // Results the agent sent before it left must land before its leases are declared lost,
+    // or a delivered result would be refused and its job run again.
+    let settle = async { while reports.join_next().await.is_some() {} };
+    if tokio::time::timeout(REPORTS_TIMEOUT, settle).await.is_err() {
+        tracing::warn!(%session, "reports still being recorded at departure; the rest may be retried");
     }
     state.dispatcher.agent_left(session);
     if let Err(e) = miners::seen(&state.db, &miner_ids).await {
@@ -282,7 +292,12 @@ where
 }
 
 /// Reads frames until the agent leaves or breaks a rule.
-async fn read_loop<R>(state: &AppState, session: SessionId, stream: &mut R) -> Ending
+async fn read_loop<R>(
+    state: &AppState,
+    session: SessionId,
+    stream: &mut R,
+    reports: &mut JoinSet<()>,
+) -> Ending
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -321,7 +336,8 @@ where
         match message {
             Message::Text(text) => match decode_agent(&text) {
                 Ok(message) => {
-                    if let Some(ending) = handle(state, session, message).await {
+                    while reports.try_join_next().is_some() {}
+                    if let Some(ending) = handle(state, session, message, reports) {
                         return ending;
                     }
                 }
@@ -360,24 +376,30 @@ fn read_error(error: &axum::Error) -> Ending {
 
 /// Acts on one frame; `Some` ends the session.
 ///
-/// Results and failures are recorded in tasks of their own: each waits for a database write,
-/// and a busy agent must not finish only one job per write round trip. They concern
-/// different jobs, so their order does not matter; the rate limit bounds how many start.
-async fn handle(state: &AppState, session: SessionId, message: AgentMessage) -> Option<Ending> {
+/// Results and failures are recorded in tasks of their own (in `reports`): each waits for a
+/// database write, and a busy agent must not finish only one job per write round trip. They
+/// concern different jobs, so their order does not matter; the rate limit bounds how many
+/// start, and the session waits for them all before it ends.
+fn handle(
+    state: &AppState,
+    session: SessionId,
+    message: AgentMessage,
+    reports: &mut JoinSet<()>,
+) -> Option<Ending> {
     let jobs = std::sync::Arc::clone(&state.jobs);
     match message {
         AgentMessage::Hello(_) => {
             return Some(Ending::new(CloseCode::ProtocolError, "hello sent twice"));
         }
         AgentMessage::Result(result) => {
-            tokio::spawn(async move { report(session, jobs.complete(session, result).await) });
+            reports.spawn(async move { report(session, jobs.complete(session, result).await) });
         }
         AgentMessage::Failed {
             job,
             reason,
             retryable,
         } => {
-            tokio::spawn(async move {
+            reports.spawn(async move {
                 report(
                     session,
                     jobs.attempt_failed(session, job, &reason, retryable).await,

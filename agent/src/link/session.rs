@@ -299,6 +299,7 @@ impl Control<'_> {
         };
         match submitted {
             Ok(()) => {
+                tracing::info!(job = %id, "job accepted");
                 self.in_flight.insert(id, false);
                 self.send(AgentMessage::Accepted { job: id }).await
             }
