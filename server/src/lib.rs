@@ -66,6 +66,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/status", get(status))
         .route("/v1/models", get(jobs::api::models))
+        .route("/api/v1/rules", get(points::rules::rules))
         .route("/v1/jobs", axum::routing::post(jobs::api::submit))
         .route(
             "/v1/jobs/{id}",

@@ -11,6 +11,7 @@
 //! arithmetic and rounded down once per factor, so a ledger of them sums exactly.
 
 mod boost;
+pub mod rules;
 #[cfg(test)]
 mod tests;
 

@@ -5,6 +5,7 @@
 mod api_errors;
 mod frames;
 mod lifecycle;
+mod rules;
 
 /// Runs `$scenario(backend)` as two tests: on SQLite, and on PostgreSQL when configured.
 #[macro_export]

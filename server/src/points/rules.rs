@@ -1,0 +1,94 @@
+//! `GET /api/v1/rules`: the points rules in force, from the registry and the config, so the
+//! portal shows them without hard-coding any number.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+
+use super::{BoostTier, PointsKind, boost::GPUS_PER_NFT};
+use crate::AppState;
+
+#[derive(Debug, Serialize)]
+pub struct Rules {
+    pub formulas: Formulas,
+    pub models: Vec<ModelRule>,
+    /// GPUs by tier, lowest first; a model's minimum is the lowest tier of its `min_gpu` list.
+    pub gpu_tiers: Vec<GpuTier>,
+    pub boosts: Boosts,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Formulas {
+    pub waifu: &'static str,
+    pub llama: &'static str,
+    pub latency: &'static str,
+    pub unit: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelRule {
+    pub id: String,
+    /// `waifu` or `llama`; absent for models that earn nothing.
+    pub points_kind: Option<PointsKind>,
+    pub multiplier: f64,
+    pub discontinued: bool,
+    pub min_gpu: Vec<String>,
+    pub min_gpu_tier: u32,
+    pub min_vram_mb: u64,
+    pub target_latency_ms: u64,
+    pub deadline_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GpuTier {
+    pub name: String,
+    pub tier: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Boosts {
+    pub gpus_per_nft: u64,
+    pub nft: Vec<BoostTier>,
+    /// Empty while stHEU boosts are off.
+    pub stheu: Vec<BoostTier>,
+}
+
+pub async fn rules(State(state): State<AppState>) -> Json<Rules> {
+    let registry = state.jobs.registry();
+    let points = &state.config.points;
+    Json(Rules {
+        formulas: Formulas {
+            waifu: "width × height × steps ÷ (512 × 512 × 20) × multiplier",
+            llama: "(prompt tokens + completion tokens) ÷ 1000 × multiplier",
+            latency: "× 1 up to the model's target latency, falling linearly to 0 at its deadline (as the coordinator measures it)",
+            unit: "amounts are kept in micro-points (1 point = 1,000,000)",
+        },
+        models: registry
+            .models()
+            .map(|m| ModelRule {
+                id: m.id.clone(),
+                points_kind: PointsKind::of(m.kind),
+                multiplier: m.points_multiplier,
+                discontinued: m.discontinued,
+                min_gpu: m.min_gpu.clone(),
+                min_gpu_tier: m.min_gpu_tier,
+                min_vram_mb: m.min_vram_mb,
+                target_latency_ms: m.target_latency_ms,
+                deadline_ms: m.deadline_ms,
+            })
+            .collect(),
+        gpu_tiers: registry
+            .gpu_tiers()
+            .iter()
+            .map(|(name, tier)| GpuTier {
+                name: name.to_owned(),
+                tier,
+            })
+            .collect(),
+        boosts: Boosts {
+            gpus_per_nft: GPUS_PER_NFT,
+            nft: points.nft_boost.clone(),
+            stheu: points.stheu_boost.clone(),
+        },
+    })
+}
