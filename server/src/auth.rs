@@ -1,5 +1,6 @@
 //! Who may talk to the coordinator: miner tokens (JWTs signed by the coordinator, presented by
-//! agents in their hello) and consumer API keys (random, stored only as SHA-256).
+//! agents in their hello), consumer API keys (random, stored only as SHA-256), and the signing
+//! and checking of the portal's session and admin JWTs (see `wallet`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,6 +11,7 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use sea_query::{Expr, ExprTrait, Iden, Query};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -28,6 +30,10 @@ pub enum AuthError {
     BadToken(String),
     #[error("miner token was revoked or never issued by this coordinator")]
     RevokedToken,
+    #[error(
+        "token is malformed, expired, meant for another use or not signed by this coordinator ({0})"
+    )]
+    BadSession(String),
     #[error("signing secret: {0}")]
     Secret(String),
     #[error(transparent)]
@@ -123,8 +129,7 @@ impl Auth {
             jti: Uuid::now_v7(),
             iat: now_ms() / 1000,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| AuthError::Secret(e.to_string()))?;
+        let token = self.sign_claims(&claims)?;
         let insert = Query::insert()
             .into_table(MinerTokens::Table)
             .columns([
@@ -145,7 +150,9 @@ impl Auth {
     }
 
     /// Checks a miner token's signature and that it is still on record and not revoked.
+    /// Every check reads the database, so a revoked token is refused at once.
     pub async fn verify_miner_token(&self, token: &str) -> Result<MinerIdentity, AuthError> {
+        // No audience is expected, so tokens that name one (session and admin tokens) fail.
         let mut validation = Validation::new(Algorithm::HS256);
         validation.validate_exp = false;
         validation.required_spec_claims = ["sub".to_owned()].into_iter().collect();
@@ -168,6 +175,28 @@ impl Auth {
             name: claims.name,
             token_id: claims.jti,
         })
+    }
+
+    /// Signs `claims` with the coordinator's secret (HS256).
+    pub fn sign_claims(&self, claims: &impl Serialize) -> Result<String, AuthError> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .map_err(|e| AuthError::Secret(e.to_string()))
+    }
+
+    /// Reads the claims of a token this coordinator signed for `audience`, which must carry
+    /// `sub`, `aud` and an `exp` still in the future. Only HS256 is accepted.
+    pub fn verify_claims<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<T, AuthError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["sub", "aud", "exp"]);
+        validation.leeway = 5;
+        jsonwebtoken::decode::<T>(token, &self.decoding, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| AuthError::BadSession(e.to_string()))
     }
 
     /// Creates a consumer API key. The key is returned once; only its hash is kept.
@@ -355,6 +384,40 @@ mod tests {
         // The secret persists: a second Auth over the same data dir accepts the token.
         let again = Auth::new(&Config::with_data_dir(dir.path()), auth.db.clone()).expect("auth");
         assert!(again.verify_miner_token(&token).await.is_ok());
+    }
+
+    /// Regression: a session or admin JWT (same secret, with an audience) must never pass as
+    /// a miner token, nor a miner token as one of them.
+    #[tokio::test]
+    async fn miner_and_audience_tokens_do_not_stand_in_for_each_other() {
+        let (_dir, auth) = auth().await;
+        let wallet = "0x5aeda56215b167893e80b4fe645ba6d5bab767de";
+        let session = auth
+            .sign_claims(&serde_json::json!({
+                "sub": wallet,
+                "name": "rig1",
+                "jti": Uuid::now_v7(),
+                "iat": now_ms() / 1000,
+                "aud": "portal",
+                "exp": now_ms() / 1000 + 3600,
+            }))
+            .expect("sign");
+        assert!(matches!(
+            auth.verify_miner_token(&session).await,
+            Err(AuthError::BadToken(m)) if m.contains("Audience")
+        ));
+        let claims: serde_json::Value = auth.verify_claims(&session, "portal").expect("valid");
+        assert_eq!(claims["sub"], wallet);
+        assert!(matches!(
+            auth.verify_claims::<serde_json::Value>(&session, "elsewhere"),
+            Err(AuthError::BadSession(_))
+        ));
+
+        let miner = auth.mint_miner_token(wallet, "rig1").await.expect("mint");
+        assert!(matches!(
+            auth.verify_claims::<serde_json::Value>(&miner, "portal"),
+            Err(AuthError::BadSession(_))
+        ));
     }
 
     #[tokio::test]

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use figment::Figment;
-use figment::providers::{Format, Serialized, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::points::PointsConfig;
+use crate::storage::StorageConfig;
 
 /// Every setting of the coordinator. Field docs are the reference for the TOML file, whose keys
 /// are these field names.
@@ -50,6 +51,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Boost tables (`[points]` in the file; tables have no flag or variable).
     pub points: PointsConfig,
+    /// Object storage (`[storage]` in the file; endpoint, region, bucket and keys also from
+    /// `INFERMINE_STORAGE_*` variables, see [`StorageConfig`]).
+    pub storage: StorageConfig,
 }
 
 /// How log lines are written.
@@ -79,6 +83,7 @@ impl Default for Config {
             agent_max_frames_per_s: 2_000,
             log_format: LogFormat::Text,
             points: PointsConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -111,6 +116,7 @@ impl Config {
         }
         let config: Config = figment
             .merge(Serialized::defaults(overrides))
+            .merge(storage_env())
             .extract()
             .map_err(|e| ConfigError::File {
                 path: file.map(Path::to_owned).unwrap_or_default(),
@@ -157,6 +163,7 @@ impl Config {
             return invalid("set jwt_secret or jwt_secret_file, not both");
         }
         self.points.validate().map_err(ConfigError::Invalid)?;
+        self.storage.validate().map_err(ConfigError::Invalid)?;
         if let Some(url) = &self.database_url
             && !(url.starts_with("sqlite:")
                 || url.starts_with("postgres://")
@@ -166,6 +173,21 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `INFERMINE_STORAGE_ENDPOINT`, `…_REGION`, `…_BUCKET`, `…_ACCESS_KEY`, `…_SECRET_KEY` and
+/// `…_SECRET_KEY_FILE` as `storage.*` (a table, so no flags), overriding the file.
+fn storage_env() -> Env {
+    Env::prefixed("INFERMINE_STORAGE_")
+        .only(&[
+            "endpoint",
+            "region",
+            "bucket",
+            "access_key",
+            "secret_key",
+            "secret_key_file",
+        ])
+        .map(|key| format!("storage.{key}").into())
 }
 
 /// Settings given on the command line or in `INFERMINE_*` variables; each overrides the file.

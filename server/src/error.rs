@@ -13,6 +13,9 @@ use crate::db::DbError;
 pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
+    /// Authenticated, but this credential may not use the route.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("model `{0}` does not exist; GET /v1/models lists the available models")]
     ModelNotFound(String),
     #[error("{message}")]
@@ -35,6 +38,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::InvalidParams { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
@@ -48,6 +52,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::ModelNotFound(_) => "model_not_found",
             Self::InvalidParams { code, .. } => code,
             Self::InvalidRequest(_) => "invalid_request",

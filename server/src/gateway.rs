@@ -87,6 +87,7 @@ where
     }
     let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
     state.dispatcher.agent_joined(session, tx.clone(), slots);
+    state.online.joined(session, &tx, &miner_ids);
     tracing::info!(%session, wallet = %identity.wallet, rig = %identity.name, "agent connected");
 
     let heartbeat = Duration::from_secs(state.config.heartbeat_interval_s);
@@ -112,6 +113,7 @@ where
         tracing::warn!(%session, "reports still being recorded at departure; the rest may be retried");
     }
     state.dispatcher.agent_left(session);
+    state.online.left(session, &miner_ids);
     if let Err(e) = miners::seen(&state.db, &miner_ids).await {
         tracing::warn!(%session, error = %e, "could not record when the miners were last seen");
     }
@@ -177,14 +179,44 @@ where
             }
             other => Ending::new(CloseCode::Unauthorized, other.to_string()),
         })?;
-    let slots = plan_slots(state, &identity, &hello)?;
-    if let Err(e) = miners::register(&state.db, &identity, &hello.gpus).await {
+    let mut slots = plan_slots(state, &identity, &hello)?;
+    let unavailable = |e: crate::db::DbError| {
         tracing::error!(error = %e, "could not record the agent's miners");
-        return Err(Ending::new(
+        Ending::new(
             CloseCode::GoingAway,
             "coordinator unavailable; retry later",
-        ));
+        )
+    };
+    miners::register(&state.db, &identity, &hello.gpus)
+        .await
+        .map_err(unavailable)?;
+    // Suspended GPUs get no work; a rig whose every GPU is suspended is told why and stays off.
+    let ids: Vec<String> = slots.iter().map(|s| s.miner_id.clone()).collect();
+    let suspended = miners::suspended(&state.db, &ids)
+        .await
+        .map_err(unavailable)?;
+    if !suspended.is_empty() {
+        slots.retain(|slot| !suspended.iter().any(|(id, _)| *id == slot.miner_id));
+        if slots.is_empty() {
+            let (id, reason) = &suspended[0];
+            return Err(Ending::new(
+                CloseCode::Suspended,
+                format!("miner {id} is suspended ({reason}); the portal shows the case"),
+            ));
+        }
     }
+    let served: Vec<(String, Vec<String>)> = slots
+        .iter()
+        .map(|s| {
+            (
+                s.miner_id.clone(),
+                s.models.iter().map(|(m, _)| m.clone()).collect(),
+            )
+        })
+        .collect();
+    miners::set_models(&state.db, &served)
+        .await
+        .map_err(unavailable)?;
     let welcome = Welcome {
         session: session.to_string(),
         heartbeat_s: state.config.heartbeat_interval_s,

@@ -25,9 +25,13 @@ pub mod dispatch;
 pub mod error;
 pub mod gateway;
 pub mod jobs;
+pub mod ledger;
 pub mod miners;
 pub mod points;
+pub mod portal;
 pub mod registry;
+pub mod storage;
+pub mod wallet;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -56,6 +60,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub jobs: Arc<Jobs>,
     pub dispatcher: Dispatcher,
+    /// Miners connected right now.
+    pub online: Arc<miners::Online>,
     /// Flips to true when the coordinator starts shutting down; agent sessions then close.
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
@@ -73,6 +79,8 @@ pub fn app(state: AppState) -> Router {
             get(jobs::api::get).delete(jobs::api::cancel),
         )
         .route("/v1/agent/ws", get(gateway::upgrade))
+        .merge(portal::routes())
+        .merge(wallet::routes())
         .fallback(|| async {
             ApiError::NotFound("no such endpoint; see GET /v1/models and POST /v1/jobs".to_owned())
         })
@@ -124,6 +132,18 @@ pub async fn mint_miner_token(config: &Config, wallet: &str, name: &str) -> anyh
     Ok(token)
 }
 
+/// Mints an admin token good for `ttl` (what `infermine-server admin-token` prints).
+pub async fn mint_admin_token(
+    config: &Config,
+    name: &str,
+    ttl: Duration,
+) -> anyhow::Result<String> {
+    let db = open_db(config).await?;
+    let auth = Auth::new(config, db.clone());
+    db.close().await;
+    Ok(wallet::mint_admin_token(&auth?, name, ttl)?)
+}
+
 /// Creates a consumer API key (what `infermine-server api-key create` prints).
 pub async fn create_api_key(config: &Config, name: &str) -> anyhow::Result<String> {
     let db = open_db(config).await?;
@@ -158,7 +178,13 @@ pub async fn run(
         lease_grace: Duration::from_millis(config.lease_grace_ms),
         max_wait: Duration::from_secs(config.max_wait_s),
     };
-    let jobs = Jobs::new(db.clone(), registry, dispatcher.clone(), limits);
+    let jobs = Jobs::new(
+        db.clone(),
+        registry,
+        dispatcher.clone(),
+        limits,
+        Arc::new(config.points.clone()),
+    );
     let dispatch_task = tokio::spawn(dispatch::run(inbox, Arc::clone(&jobs)));
     jobs.recover().await.context("cannot recover queued jobs")?;
 
@@ -169,6 +195,7 @@ pub async fn run(
         auth,
         jobs: Arc::clone(&jobs),
         dispatcher: dispatcher.clone(),
+        online: Arc::default(),
         closing,
     };
     let sweeper = tokio::spawn(sweep(Arc::clone(&jobs), db.clone()));

@@ -37,6 +37,17 @@ enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Mint an admin token for the operator routes and print it (alone) on stdout
+    AdminToken {
+        /// Who the token is for, as admin routes will see it
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// How many hours the token stays valid (at most 8784, a year)
+        #[arg(long, default_value_t = 24)]
+        ttl_hours: u64,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Manage consumer API keys
     ApiKey {
         #[command(subcommand)]
@@ -61,6 +72,7 @@ fn main() -> ExitCode {
     let overrides = match &cli.command {
         Command::Serve(o) | Command::Migrate(o) => o,
         Command::MinerToken { overrides, .. }
+        | Command::AdminToken { overrides, .. }
         | Command::ApiKey {
             command: ApiKeyCommand::Create { overrides, .. },
         } => overrides,
@@ -111,6 +123,14 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::MinerToken { wallet, name, .. } => {
             let token = infermine_server::mint_miner_token(&config, &wallet, &name).await?;
+            print_secret(&token);
+            Ok(())
+        }
+        Command::AdminToken {
+            name, ttl_hours, ..
+        } => {
+            let ttl = std::time::Duration::from_secs(ttl_hours.saturating_mul(3600));
+            let token = infermine_server::mint_admin_token(&config, &name, ttl).await?;
             print_secret(&token);
             Ok(())
         }

@@ -1,11 +1,16 @@
 //! The miners table: one row per GPU slot ever seen, with its hardware and when it was last
 //! connected. The portal lists a wallet's miners from here.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use infermine_protocol::GpuInfo;
+use tokio::sync::mpsc;
 use sea_query::{Expr, ExprTrait, Iden, OnConflict, Query};
 
 use crate::auth::MinerIdentity;
 use crate::db::{Db, DbError, now_ms};
+use crate::dispatch::{Outbound, SessionId};
 
 #[derive(Iden)]
 enum Miners {
@@ -19,6 +24,9 @@ enum Miners {
     VramMb,
     FirstSeenMs,
     LastSeenMs,
+    Models,
+    SuspendedMs,
+    SuspendedReason,
 }
 
 /// Records (or refreshes) every device of a rig that just connected.
@@ -75,4 +83,153 @@ pub async fn seen(db: &Db, miner_ids: &[String]) -> Result<(), DbError> {
         .to_owned();
     db.execute(&update).await?;
     Ok(())
+}
+
+/// A wallet's miners with when each was first seen: the input of the boost's seniority rule.
+pub async fn seniority(db: &Db, wallet: &str) -> Result<Vec<(String, i64)>, DbError> {
+    let select = Query::select()
+        .columns([Miners::MinerId, Miners::FirstSeenMs])
+        .from(Miners::Table)
+        .and_where(Expr::col(Miners::Wallet).eq(wallet))
+        .to_owned();
+    db.fetch_all(&select).await
+}
+
+/// A miner as the portal shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MinerRow {
+    pub miner_id: String,
+    pub wallet: String,
+    pub name: String,
+    pub gpu_index: i32,
+    pub gpu_name: String,
+    pub vram_mb: i64,
+    pub models: Option<String>,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub suspended_ms: Option<i64>,
+    pub suspended_reason: Option<String>,
+}
+
+const MINER_COLUMNS: [Miners; 11] = [
+    Miners::MinerId,
+    Miners::Wallet,
+    Miners::Name,
+    Miners::GpuIndex,
+    Miners::GpuName,
+    Miners::VramMb,
+    Miners::Models,
+    Miners::FirstSeenMs,
+    Miners::LastSeenMs,
+    Miners::SuspendedMs,
+    Miners::SuspendedReason,
+];
+
+pub async fn get(db: &Db, miner_id: &str) -> Result<Option<MinerRow>, DbError> {
+    let select = Query::select()
+        .columns(MINER_COLUMNS)
+        .from(Miners::Table)
+        .and_where(Expr::col(Miners::MinerId).eq(miner_id))
+        .to_owned();
+    db.fetch_optional(&select).await
+}
+
+/// A wallet's miners, oldest first.
+pub async fn of_wallet(db: &Db, wallet: &str) -> Result<Vec<MinerRow>, DbError> {
+    let select = Query::select()
+        .columns(MINER_COLUMNS)
+        .from(Miners::Table)
+        .and_where(Expr::col(Miners::Wallet).eq(wallet))
+        .order_by(Miners::FirstSeenMs, sea_query::Order::Asc)
+        .order_by(Miners::MinerId, sea_query::Order::Asc)
+        .to_owned();
+    db.fetch_all(&select).await
+}
+
+/// Records the models each of a session's GPUs serves.
+pub async fn set_models(db: &Db, models: &[(String, Vec<String>)]) -> Result<(), DbError> {
+    for (miner_id, list) in models {
+        let json = serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned());
+        let update = Query::update()
+            .table(Miners::Table)
+            .value(Miners::Models, json)
+            .and_where(Expr::col(Miners::MinerId).eq(miner_id.as_str()))
+            .to_owned();
+        db.execute(&update).await?;
+    }
+    Ok(())
+}
+
+/// Suspends (`Some(reason)`) or reinstates (`None`) a miner. False if there is no such miner.
+pub async fn set_suspended(
+    db: &Db,
+    miner_id: &str,
+    reason: Option<&str>,
+) -> Result<bool, DbError> {
+    let update = Query::update()
+        .table(Miners::Table)
+        .value(Miners::SuspendedMs, reason.map(|_| now_ms()))
+        .value(Miners::SuspendedReason, reason.map(str::to_owned))
+        .and_where(Expr::col(Miners::MinerId).eq(miner_id))
+        .to_owned();
+    Ok(db.execute(&update).await? == 1)
+}
+
+/// Of `miner_ids`, those suspended, with the reason.
+pub async fn suspended(db: &Db, miner_ids: &[String]) -> Result<Vec<(String, String)>, DbError> {
+    if miner_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let select = Query::select()
+        .columns([Miners::MinerId, Miners::SuspendedReason])
+        .from(Miners::Table)
+        .and_where(Expr::col(Miners::MinerId).is_in(miner_ids.iter().map(String::as_str)))
+        .and_where(Expr::col(Miners::SuspendedMs).is_not_null())
+        .to_owned();
+    let rows: Vec<(String, Option<String>)> = db.fetch_all(&select).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, reason)| (id, reason.unwrap_or_default()))
+        .collect())
+}
+
+/// How to reach a connected miner's session.
+type Handle = (SessionId, mpsc::Sender<Outbound>);
+
+/// Which miners are connected right now, and how to reach their sessions (to close a
+/// session whose miner gets suspended).
+#[derive(Debug, Default)]
+pub struct Online {
+    sessions: Mutex<HashMap<String, Handle>>,
+}
+
+impl Online {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Handle>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn joined(&self, session: SessionId, sender: &mpsc::Sender<Outbound>, miner_ids: &[String]) {
+        let mut map = self.map();
+        for id in miner_ids {
+            map.insert(id.clone(), (session, sender.clone()));
+        }
+    }
+
+    pub fn left(&self, session: SessionId, miner_ids: &[String]) {
+        let mut map = self.map();
+        for id in miner_ids {
+            if map.get(id).is_some_and(|(s, _)| *s == session) {
+                map.remove(id);
+            }
+        }
+    }
+
+    pub fn is_online(&self, miner_id: &str) -> bool {
+        self.map().contains_key(miner_id)
+    }
+
+    /// The session serving `miner_id`, if connected.
+    pub fn session_of(&self, miner_id: &str) -> Option<Handle> {
+        self.map().get(miner_id).cloned()
+    }
 }

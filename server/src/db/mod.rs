@@ -221,6 +221,87 @@ impl Db {
     }
 }
 
+/// A transaction on either database: several writes that land together or not at all.
+/// Dropped without [`Tx::commit`], it rolls back.
+#[derive(Debug)]
+pub enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// [`on_dialect!`] for a transaction.
+macro_rules! on_tx_dialect {
+    ($tx:expr, $statement:expr, |$conn:ident, $sql:ident, $values:ident| $body:expr) => {
+        match $tx {
+            Tx::Sqlite(tx) => {
+                let ($sql, $values) = $statement.build_sqlx(SqliteQueryBuilder);
+                let $conn = &mut **tx;
+                $body
+            }
+            Tx::Postgres(tx) => {
+                let ($sql, $values) = $statement.build_sqlx(PostgresQueryBuilder);
+                let $conn = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+impl Db {
+    /// Starts a transaction (on SQLite, on the single writer connection).
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Self::Sqlite { write, .. } => Tx::Sqlite(write.begin().await?),
+            Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+}
+
+impl Tx {
+    /// Runs an insert, update or delete; returns the number of rows it touched.
+    pub async fn execute(&mut self, statement: &impl Write) -> Result<u64, DbError> {
+        Ok(on_tx_dialect!(self, statement, |conn, sql, values| {
+            sqlx::query_with(AssertSqlSafe(sql), values)
+                .execute(conn)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    /// Runs a write with a `RETURNING` clause and reads the rows it returned.
+    pub async fn write_returning<T: Row>(
+        &mut self,
+        statement: &impl Write,
+    ) -> Result<Vec<T>, DbError> {
+        Ok(on_tx_dialect!(self, statement, |conn, sql, values| {
+            sqlx::query_as_with(AssertSqlSafe(sql), values)
+                .fetch_all(conn)
+                .await?
+        }))
+    }
+
+    /// Reads rows inside the transaction (sees its own writes).
+    pub async fn fetch_all<T: Row>(
+        &mut self,
+        statement: &SelectStatement,
+    ) -> Result<Vec<T>, DbError> {
+        Ok(on_tx_dialect!(self, statement, |conn, sql, values| {
+            sqlx::query_as_with(AssertSqlSafe(sql), values)
+                .fetch_all(conn)
+                .await?
+        }))
+    }
+
+    /// Makes the transaction's writes permanent.
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self {
+            Self::Sqlite(tx) => tx.commit().await?,
+            Self::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
 /// Milliseconds since the Unix epoch: how every timestamp is stored.
 pub fn now_ms() -> i64 {
     let since = std::time::SystemTime::now()

@@ -19,9 +19,13 @@ use crate::db::{Db, DbError, now_ms};
 use crate::dispatch::{
     AssignSink, Assignment, Dispatcher, LostReason, Outbound, QueuedJob, SessionId,
 };
+use crate::ledger::{Credit, holdings};
+use crate::points::{self, PointsConfig, PointsKind, Work};
 use crate::registry::Registry;
 use api::JobView;
-use infermine_protocol::{CoordinatorMessage, JobAssignment, JobId, JobParams, JobResult};
+use infermine_protocol::{
+    CoordinatorMessage, JobAssignment, JobId, JobOutput, JobParams, JobResult,
+};
 use live::Live;
 use store::{AttemptEnd, Completion, NewLease, QueueRow, Status};
 use tokio::time::Instant;
@@ -44,6 +48,7 @@ struct Inflight {
     params: Arc<JobParams>,
     model: String,
     miner_id: String,
+    wallet: String,
     attempt: u32,
     created_ms: i64,
     assigned_ms: i64,
@@ -65,6 +70,7 @@ pub struct Jobs {
     registry: Arc<Registry>,
     dispatcher: Dispatcher,
     limits: Limits,
+    points: Arc<PointsConfig>,
     inflight: Mutex<HashMap<JobId, Inflight>>,
     live: Live,
     writer: Writer,
@@ -76,11 +82,13 @@ impl Jobs {
         registry: Arc<Registry>,
         dispatcher: Dispatcher,
         limits: Limits,
+        points: Arc<PointsConfig>,
     ) -> Arc<Self> {
         Arc::new(Self {
             registry,
             dispatcher,
             limits,
+            points,
             inflight: Mutex::new(HashMap::new()),
             live: Live::default(),
             writer: Writer::spawn(db.clone()),
@@ -153,8 +161,14 @@ impl Jobs {
     /// An agent returned a result. Checks it, stores it, completes the job, frees the slot.
     pub async fn complete(&self, session: SessionId, result: JobResult) -> Result<(), Refusal> {
         let job = result.job;
-        let params = match self.inflight().get(&job) {
-            Some(f) if f.session == session => Arc::clone(&f.params),
+        let (params, model, miner_id, wallet, latency) = match self.inflight().get(&job) {
+            Some(f) if f.session == session => (
+                Arc::clone(&f.params),
+                f.model.clone(),
+                f.miner_id.clone(),
+                f.wallet.clone(),
+                f.assigned_at.elapsed(),
+            ),
             _ => return Err(Refusal::NotLeased(job)),
         };
         if let Err(problem) = check::output(&params, &result.output) {
@@ -165,12 +179,16 @@ impl Jobs {
         }
         let encode =
             |e: serde_json::Error| DbError::Shared(format!("cannot encode the result: {e}"));
+        let credit = self
+            .credit_for(job, &model, &miner_id, &wallet, &params, &result.output, latency)
+            .await?;
         let completion = Completion {
             id: job,
             session,
             output: serde_json::to_string(&result.output).map_err(encode)?,
             metrics: serde_json::to_string(&result.metrics).map_err(encode)?,
             finished_ms: now_ms(),
+            credit,
         };
         let finished_ms = completion.finished_ms;
         let stored = self.writer.complete(completion).await?;
@@ -198,6 +216,55 @@ impl Jobs {
         };
         self.live.finish(job, Some(view));
         Ok(())
+    }
+
+    /// The points a result earns, by the rules in force: the work it did (the image's size and
+    /// steps as requested; the LLM's token counts), the model's multiplier, the latency the
+    /// coordinator measured from lease to result, and the wallet's boost for this GPU.
+    #[allow(clippy::too_many_arguments)]
+    async fn credit_for(
+        &self,
+        job: JobId,
+        model: &str,
+        miner_id: &str,
+        wallet: &str,
+        params: &JobParams,
+        output: &JobOutput,
+        latency: Duration,
+    ) -> Result<Option<Credit>, DbError> {
+        let work = match (params, output) {
+            (JobParams::Image(p), _) => Work::Image {
+                width: p.width,
+                height: p.height,
+                steps: p.steps,
+            },
+            (JobParams::Llm(_), JobOutput::Text { usage, .. }) => Work::Llm {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+            },
+            _ => return Ok(None),
+        };
+        let Some(spec) = self.registry.get(model) else {
+            return Ok(None);
+        };
+        if PointsKind::of(spec.kind).is_none() {
+            return Ok(None);
+        }
+        let boost = holdings::boost_for(&self.db, &self.points, wallet, miner_id).await?;
+        let latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        Ok(
+            points::accrue(spec, work, latency_ms, boost.multiplier_millionths).map(|accrual| {
+                Credit {
+                    job_id: job,
+                    wallet: wallet.to_owned(),
+                    miner_id: miner_id.to_owned(),
+                    model: model.to_owned(),
+                    work,
+                    accrual,
+                    boost,
+                }
+            }),
+        )
     }
 
     /// An agent reported that it could not run a job.
@@ -237,10 +304,11 @@ impl Jobs {
         } = assignment;
         let lease_ms = u64::try_from(job.lease.as_millis()).unwrap_or(u64::MAX);
         let assigned_ms = now_ms();
+        let wallet = miner_id.split('-').next().unwrap_or_default().to_owned();
         let lease = NewLease {
             id: job.id,
             session,
-            wallet: miner_id.split('-').next().unwrap_or_default().to_owned(),
+            wallet: wallet.clone(),
             miner_id: miner_id.clone(),
             lease_expires_ms: assigned_ms
                 .saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX)),
@@ -257,6 +325,7 @@ impl Jobs {
                 params: Arc::clone(&job.params),
                 model: job.model.clone(),
                 miner_id,
+                wallet,
                 attempt,
                 created_ms: job.created_ms,
                 assigned_ms,
@@ -386,6 +455,7 @@ mod tests {
             Arc::new(Registry::builtin()),
             dispatcher.clone(),
             limits,
+            Arc::new(PointsConfig::default()),
         );
         tokio::spawn(crate::dispatch::run(inbox, Arc::clone(&jobs)));
 

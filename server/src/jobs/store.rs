@@ -2,10 +2,13 @@
 //! expected`), so two writers racing over a job (a result and a lease expiry, say) cannot
 //! both win: the loser touches no row and learns it lost.
 
-use sea_query::{CaseStatement, Expr, ExprTrait, Iden, Query, SelectStatement, UpdateStatement};
+use sea_query::{
+    CaseStatement, Expr, ExprTrait, Func, Iden, Query, SelectStatement, UpdateStatement,
+};
 use uuid::Uuid;
 
-use crate::db::{Db, DbError, now_ms};
+use crate::db::{Db, DbError, Tx, now_ms};
+use crate::ledger::{self, Credit};
 
 #[derive(Iden)]
 pub(crate) enum Jobs {
@@ -126,6 +129,8 @@ pub struct Completion {
     pub output: String,
     pub metrics: String,
     pub finished_ms: i64,
+    /// The points the result earns, credited with the completion (none for synthetic jobs).
+    pub credit: Option<Credit>,
 }
 
 /// The outcome of ending an attempt without a result.
@@ -263,8 +268,22 @@ pub async fn assign_many(db: &Db, leases: &[NewLease]) -> Result<Vec<(Uuid, u32)
 }
 
 /// assigned → completed for each result whose job is still leased to the session that sent
-/// it, in one statement. Returns the jobs that completed.
+/// it, in one statement, and the credits of those that completed, all in one transaction.
+/// Returns the jobs that completed.
 pub async fn complete_many(db: &Db, completions: &[Completion]) -> Result<Vec<Uuid>, DbError> {
+    let mut tx = db.begin().await?;
+    let completed = complete_in(&mut tx, completions).await?;
+    let credits: Vec<&Credit> = completions
+        .iter()
+        .filter(|c| completed.contains(&c.id))
+        .filter_map(|c| c.credit.as_ref())
+        .collect();
+    ledger::insert_credits(&mut tx, &credits).await?;
+    tx.commit().await?;
+    Ok(completed)
+}
+
+async fn complete_in(tx: &mut Tx, completions: &[Completion]) -> Result<Vec<Uuid>, DbError> {
     let update = Query::update()
         .table(Jobs::Table)
         .value(Jobs::Status, Status::Completed.as_str())
@@ -308,7 +327,7 @@ pub async fn complete_many(db: &Db, completions: &[Completion]) -> Result<Vec<Uu
         )))
         .returning_col(Jobs::Id)
         .to_owned();
-    let rows: Vec<(Uuid,)> = db.write_returning(&update).await?;
+    let rows: Vec<(Uuid,)> = tx.write_returning(&update).await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
@@ -441,4 +460,22 @@ pub async fn overdue_leases(db: &Db, cutoff_ms: i64) -> Result<Vec<Uuid>, DbErro
         .to_owned();
     let rows: Vec<(Uuid,)> = db.fetch_all(&select).await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// A miner's completed jobs since `since_ms` and the sum of their latencies (lease to result,
+/// in ms): `(count, sum)`.
+pub async fn miner_stats(db: &Db, miner_id: &str, since_ms: i64) -> Result<(i64, i64), DbError> {
+    let latency = Expr::col(Jobs::FinishedMs).sub(Expr::col(Jobs::AssignedMs));
+    let select = Query::select()
+        .expr(Func::cast_as(Func::count(Expr::col(Jobs::Id)), "BIGINT"))
+        .expr(Func::coalesce([
+            Func::cast_as(Func::sum(latency), "BIGINT").into(),
+            Expr::val(0i64),
+        ]))
+        .from(Jobs::Table)
+        .and_where(Expr::col(Jobs::MinerId).eq(miner_id))
+        .and_where(Expr::col(Jobs::Status).eq(Status::Completed.as_str()))
+        .and_where(Expr::col(Jobs::FinishedMs).gte(since_ms))
+        .to_owned();
+    Ok(db.fetch_optional(&select).await?.unwrap_or((0, 0)))
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::registry::ModelSpec;
 
-pub use boost::{BoostTier, PointsConfig, boosted_miners};
+pub use boost::{BoostTier, GPUS_PER_NFT, PointsConfig, boosted_miners};
 
 /// Millionths of a point: the unit of every amount in the ledger.
 pub type MicroPoints = i64;
@@ -29,7 +29,7 @@ pub type MicroPoints = i64;
 pub const POINT: MicroPoints = 1_000_000;
 
 /// The two currencies of the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PointsKind {
     /// For image generation.

@@ -5,7 +5,9 @@
 mod api_errors;
 mod frames;
 mod lifecycle;
+mod points;
 mod rules;
+mod wallet;
 
 /// Runs `$scenario(backend)` as two tests: on SQLite, and on PostgreSQL when configured.
 #[macro_export]

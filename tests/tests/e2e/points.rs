@@ -1,0 +1,270 @@
+//! Points end to end: jobs of each of the seed's seven models run through the real gateway,
+//! and the ledger credits each by the seed's formulas (hand-computed here), applies the NFT
+//! boost to at most 3 GPUs per NFT, never credits a job twice, and the portal API reads back
+//! exactly what was credited.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use infermine_protocol::{
+    AgentMessage, CoordinatorMessage, DeviceKind, GpuInfo, Hello, JobOutput, JobParams, JobResult,
+    LlmUsage, Metrics, ModelInfo, PROTOCOL_VERSION,
+};
+use infermine_server::ledger::holdings::{CsvSnapshot, Token};
+use infermine_tests::raw::{Frame, RawAgent};
+use infermine_tests::{Backend, TestServer, WALLET};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::on_both_databases;
+
+const MODELS: [&str; 7] = [
+    "stable-diffusion-1.5",
+    "sdxl-base-1.0",
+    "sdxl-base-1.0-offset-lora",
+    "flux.1-dev-nf4",
+    "dolphin-2.9-llama3-8b",
+    "openhermes-2-pro-mistral-7b",
+    "openhermes-mixtral-8x7b-gptq",
+];
+
+/// A rig of four H100s serving every model (the test peer claims what it likes: the point is
+/// the coordinator's arithmetic, not the hardware).
+fn h100_hello(token: &str) -> Hello {
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        agent_version: "raw-test-agent".to_owned(),
+        token: token.to_owned(),
+        gpus: (0..4)
+            .map(|index| GpuInfo {
+                index,
+                kind: DeviceKind::Cuda,
+                uuid: format!("GPU-h100-{index}"),
+                name: "NVIDIA H100 80GB HBM3".to_owned(),
+                vram_mb: 81_559,
+            })
+            .collect(),
+        models: MODELS
+            .iter()
+            .map(|id| ModelInfo {
+                id: (*id).to_owned(),
+                sha256: String::new(),
+            })
+            .collect(),
+    }
+}
+
+/// The request for each model and the micro-points it earns before any boost, worked out by
+/// hand from the seed: Waifu = w·h·steps ÷ (512·512·20) × multiplier; Llama = (prompt +
+/// completion tokens) ÷ 1000 × multiplier.
+fn cases() -> Vec<(&'static str, Value, i64)> {
+    let image = |w: u32, h: u32, steps: u32| {
+        json!({ "prompt": "a lighthouse at dusk", "width": w, "height": h, "steps": steps })
+    };
+    let chat = json!({ "messages": [{ "role": "user", "content": "hello" }], "max_tokens": 600 });
+    vec![
+        // 512·512·25 = 6,553,600 ÷ 5,242,880 = 1.25 × 0.3 = 0.375
+        ("stable-diffusion-1.5", image(512, 512, 25), 375_000),
+        // 1024·1024·30 ÷ 5,242,880 = 6 × 1
+        ("sdxl-base-1.0", image(1024, 1024, 30), 6_000_000),
+        // 1024·768·20 = 15,728,640 ÷ 5,242,880 = 3 × 1.2 = 3.6
+        ("sdxl-base-1.0-offset-lora", image(1024, 768, 20), 3_600_000),
+        // 1024·1024·20 ÷ 5,242,880 = 4 × 10
+        ("flux.1-dev-nf4", image(1024, 1024, 20), 40_000_000),
+        // (1200 + 300) ÷ 1000 = 1.5 × 0.24 = 0.36
+        ("dolphin-2.9-llama3-8b", chat.clone(), 360_000),
+        // 1500 ÷ 1000 × 0.2 = 0.3
+        ("openhermes-2-pro-mistral-7b", chat.clone(), 300_000),
+        // 1500 ÷ 1000 × 1 = 1.5
+        ("openhermes-mixtral-8x7b-gptq", chat, 1_500_000),
+    ]
+}
+
+/// What an honest engine would return (token counts fixed at 1200 + 300).
+fn output_for(params: &JobParams) -> JobOutput {
+    match params {
+        JobParams::Image(p) => {
+            let png = format!("png {}x{}", p.width, p.height).into_bytes();
+            JobOutput::Image {
+                width: p.width,
+                height: p.height,
+                size_bytes: png.len() as u64,
+                sha256: hex::encode(Sha256::digest(&png)),
+                png_b64: Some(base64::engine::general_purpose::STANDARD.encode(&png)),
+            }
+        }
+        JobParams::Llm(_) => JobOutput::Text {
+            text: "Hello! How can I help?".to_owned(),
+            usage: LlmUsage {
+                prompt_tokens: 1200,
+                completion_tokens: 300,
+            },
+            finish_reason: "stop".to_owned(),
+        },
+        JobParams::Synthetic(_) => infermine_tests::raw::synthetic_output(params),
+    }
+}
+
+async fn get(server: &TestServer, path: &str) -> Value {
+    let response = reqwest::get(format!("{}{path}", server.http()))
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.json().await.expect("json")
+}
+
+async fn import_nfts(server: &TestServer, count: u32) {
+    let path = server.data_dir().join("holdings.csv");
+    std::fs::write(&path, format!("address,count\n{WALLET},{count}\n")).expect("write csv");
+    let db = infermine_server::open_db(&server.config).await.expect("db");
+    infermine_server::ledger::holdings::import(&db, Token::Nft, &CsvSnapshot { path })
+        .await
+        .expect("import");
+    db.close().await;
+}
+
+async fn seven_models_earn_by_the_seed(backend: Backend) {
+    let server = TestServer::start(&backend).await;
+    // One NFT boosts 3 GPUs by ×1.1 (the default table); the rig has 4.
+    import_nfts(&server, 1).await;
+    let token = server.miner_token("h100rig").await;
+    let mut agent = RawAgent::connect(&server.ws()).await.expect("connect");
+    agent
+        .send(&AgentMessage::Hello(h100_hello(&token)))
+        .await
+        .expect("hello");
+    assert!(matches!(
+        agent.next(Duration::from_secs(10)).await,
+        Frame::Message(CoordinatorMessage::Welcome(_))
+    ));
+
+    let client = server.client();
+    let mut expected_base: HashMap<String, (&str, i64)> = HashMap::new();
+    for (model, params, base) in cases() {
+        let id = client.submit_ok(model, params).await;
+        expected_base.insert(id, (model, base));
+    }
+
+    // Serve every job; answer one job twice in a row (a duplicate must not credit twice).
+    let mut slot_of: HashMap<String, u32> = HashMap::new();
+    let mut duplicated = None;
+    while slot_of.len() < expected_base.len() {
+        let job = match agent.next(Duration::from_secs(10)).await {
+            Frame::Message(CoordinatorMessage::Job(job)) => job,
+            Frame::Message(_) => continue,
+            other => panic!("expected jobs, got {other:?}"),
+        };
+        slot_of.insert(job.id.to_string(), job.slot);
+        let result = AgentMessage::Result(JobResult {
+            job: job.id,
+            output: output_for(&job.params),
+            metrics: Metrics::default(),
+        });
+        agent.send(&result).await.expect("result");
+        if duplicated.is_none() {
+            agent.send(&result).await.expect("duplicate result");
+            duplicated = Some(job.id.to_string());
+        }
+    }
+
+    let mut total: HashMap<&str, i64> = HashMap::new();
+    for (id, (model, base)) in &expected_base {
+        let job = client.wait_final(id, Duration::from_secs(10)).await;
+        assert_eq!(job["status"], "completed", "{model}: {job}");
+        // GPUs 0-2 are the three the NFT covers (same first-seen time; ties by miner id).
+        let boosted = slot_of[id] < 3;
+        let expected = if boosted { base * 11 / 10 } else { *base };
+        let kind = if model.starts_with("dolphin") || model.starts_with("openhermes") {
+            "llama"
+        } else {
+            "waifu"
+        };
+        *total.entry(kind).or_default() += expected;
+    }
+
+    // The ledger, as the portal reads it.
+    let ledger = get(&server, &format!("/api/v1/wallets/{WALLET}/ledger?limit=50")).await;
+    let entries = ledger["entries"].as_array().expect("entries");
+    assert_eq!(
+        entries.len(),
+        MODELS.len(),
+        "one credit per job, none for the duplicate: {ledger}"
+    );
+    for entry in entries {
+        let id = entry["job_id"].as_str().expect("job id");
+        let (model, base) = expected_base[id];
+        let boosted = slot_of[id] < 3;
+        assert_eq!(entry["model"], model);
+        assert_eq!(entry["entry"], "accrual");
+        assert_eq!(entry["detail"]["base"], base, "{model}: {entry}");
+        assert_eq!(entry["detail"]["latency_factor"], 1.0, "{model}: {entry}");
+        assert_eq!(entry["detail"]["boost"]["applies"], boosted, "{model}");
+        let expected = if boosted { base * 11 / 10 } else { base };
+        assert_eq!(entry["amount"]["micro"], expected, "{model}: {entry}");
+    }
+
+    let wallet = get(&server, &format!("/api/v1/wallets/{WALLET}")).await;
+    assert_eq!(wallet["balances"]["waifu"]["micro"], total["waifu"]);
+    assert_eq!(wallet["balances"]["llama"]["micro"], total["llama"]);
+    assert_eq!(wallet["boost"]["nft_held"], 1);
+    assert_eq!(wallet["boost"]["gpus_covered"], 3);
+    let boosted: Vec<&str> = wallet["boost"]["boosted_miners"]
+        .as_array()
+        .expect("boosted")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        boosted,
+        (0..3)
+            .map(|i| format!("{WALLET}-h100rig-gpu{i}"))
+            .collect::<Vec<_>>(),
+        "at most 3·n GPUs, oldest first"
+    );
+    let miners = wallet["miners"].as_array().expect("miners");
+    assert_eq!(miners.len(), 4);
+    assert!(miners.iter().all(|m| m["online"] == true));
+
+    let history = get(
+        &server,
+        &format!("/api/v1/wallets/{WALLET}/points-history?bucket=day&days=7"),
+    )
+    .await;
+    let series = history["series"].as_array().expect("series");
+    assert_eq!(series.len(), 7);
+    let today = series.last().expect("today");
+    assert_eq!(today["waifu"]["micro"], total["waifu"]);
+    assert_eq!(today["llama"]["micro"], total["llama"]);
+
+    let board = get(&server, "/api/v1/leaderboard?kind=waifu&period=24h").await;
+    assert_eq!(board["rows"][0]["address"], WALLET);
+    assert_eq!(board["rows"][0]["points"]["micro"], total["waifu"]);
+
+    let busiest = slot_of
+        .values()
+        .fold(HashMap::<u32, i64>::new(), |mut counts, slot| {
+            *counts.entry(*slot).or_default() += 1;
+            counts
+        });
+    let (slot, jobs) = busiest.iter().max_by_key(|(_, n)| **n).expect("a slot");
+    let miner = get(
+        &server,
+        &format!("/api/v1/miners/{WALLET}-h100rig-gpu{slot}"),
+    )
+    .await;
+    assert_eq!(miner["jobs_24h"], *jobs);
+    assert_eq!(miner["online"], true);
+    assert_eq!(miner["gpu"], "NVIDIA H100 80GB HBM3");
+    assert!(miner["mean_latency_ms_24h"].as_f64().is_some());
+    assert!(
+        miner["models"]
+            .as_array()
+            .expect("models")
+            .iter()
+            .any(|m| m == "flux.1-dev-nf4")
+    );
+    assert!(duplicated.is_some());
+}
+
+on_both_databases!(seven_models_earn_by_the_seed);
