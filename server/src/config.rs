@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::points::PointsConfig;
+use crate::limits::RateLimitConfig;
 use crate::storage::StorageConfig;
 
 /// Every setting of the coordinator. Field docs are the reference for the TOML file, whose keys
@@ -54,6 +55,9 @@ pub struct Config {
     /// Object storage (`[storage]` in the file; endpoint, region, bucket and keys also from
     /// `INFERMINE_STORAGE_*` variables, see [`StorageConfig`]).
     pub storage: StorageConfig,
+    /// Rate limits on the public routes (`[rate_limits]`; `INFERMINE_RATE_LIMITS_ENABLED`
+    /// turns them off, for load tests on loopback).
+    pub rate_limits: RateLimitConfig,
 }
 
 /// How log lines are written.
@@ -84,6 +88,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             points: PointsConfig::default(),
             storage: StorageConfig::default(),
+            rate_limits: RateLimitConfig::default(),
         }
     }
 }
@@ -117,6 +122,11 @@ impl Config {
         let config: Config = figment
             .merge(Serialized::defaults(overrides))
             .merge(storage_env())
+            .merge(
+                Env::prefixed("INFERMINE_RATE_LIMITS_")
+                    .only(&["enabled"])
+                    .map(|key| format!("rate_limits.{key}").into()),
+            )
             .extract()
             .map_err(|e| ConfigError::File {
                 path: file.map(Path::to_owned).unwrap_or_default(),
@@ -164,6 +174,7 @@ impl Config {
         }
         self.points.validate().map_err(ConfigError::Invalid)?;
         self.storage.validate().map_err(ConfigError::Invalid)?;
+        self.rate_limits.validate().map_err(ConfigError::Invalid)?;
         if let Some(url) = &self.database_url
             && !(url.starts_with("sqlite:")
                 || url.starts_with("postgres://")

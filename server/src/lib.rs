@@ -26,6 +26,7 @@ pub mod error;
 pub mod gateway;
 pub mod jobs;
 pub mod ledger;
+pub mod limits;
 pub mod miners;
 pub mod points;
 pub mod portal;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     /// Miners connected right now.
     pub online: Arc<miners::Online>,
+    /// Rate limit buckets of the public routes.
+    pub limiters: Arc<limits::Limiters>,
     /// Flips to true when the coordinator starts shutting down; agent sessions then close.
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
@@ -85,6 +88,10 @@ pub fn app(state: AppState) -> Router {
             ApiError::NotFound("no such endpoint; see GET /v1/models and POST /v1/jobs".to_owned())
         })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.limiters),
+            limits::limit,
+        ))
         .with_state(state)
 }
 
@@ -196,9 +203,14 @@ pub async fn run(
         jobs: Arc::clone(&jobs),
         dispatcher: dispatcher.clone(),
         online: Arc::default(),
+        limiters: limits::Limiters::new(&config.rate_limits),
         closing,
     };
-    let sweeper = tokio::spawn(sweep(Arc::clone(&jobs), db.clone()));
+    let sweeper = tokio::spawn(sweep(
+        Arc::clone(&jobs),
+        db.clone(),
+        Arc::clone(&state.limiters),
+    ));
     tracing::info!(listen = %listener.local_addr()?, database = db.dialect(), "coordinator ready");
 
     let drain_timeout = Duration::from_secs(config.drain_timeout_s);
@@ -221,7 +233,10 @@ pub async fn run(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app(state))
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
         .with_graceful_shutdown(graceful)
         .await
         .context("server error")?;
@@ -235,8 +250,8 @@ pub async fn run(
 }
 
 /// Background upkeep: WAL checkpoints every second, the overdue-lease sweep every ten, and
-/// the queue reconciliation every sixty.
-async fn sweep(jobs: Arc<Jobs>, db: Db) {
+/// every sixty the queue reconciliation and the forgetting of idle rate-limit buckets.
+async fn sweep(jobs: Arc<Jobs>, db: Db, limiters: Arc<limits::Limiters>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     for tick in 0u64.. {
         ticker.tick().await;
@@ -247,6 +262,9 @@ async fn sweep(jobs: Arc<Jobs>, db: Db) {
             && let Err(e) = jobs.sweep_overdue().await
         {
             tracing::warn!(error = %e, "lease sweep failed; will retry");
+        }
+        if tick % 60 == 30 {
+            limiters.sweep();
         }
         if tick % 60 == 59
             && let Err(e) = jobs.reoffer_queued().await

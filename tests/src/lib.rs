@@ -97,6 +97,8 @@ impl TestServer {
         }
         config.heartbeat_interval_s = 1;
         config.agent_timeout_s = 5;
+        // Tests drive hundreds of requests from one address; the limits have tests of their own.
+        config.rate_limits.enabled = false;
         tweak(&mut config);
         let api_key = infermine_server::create_api_key(&config, "tests")
             .await

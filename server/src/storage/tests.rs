@@ -404,7 +404,7 @@ async fn the_embedded_server_keeps_objects_and_its_key_pair_across_restarts() {
 }
 
 #[tokio::test]
-async fn wrong_credentials_fail_at_open() {
+async fn wrong_credentials_fail_at_open_and_secret_files_are_read() {
     init();
     let dir = tempfile::tempdir().expect("tempdir");
     let embedded_with_known_keys = StorageConfig {
@@ -425,6 +425,22 @@ async fn wrong_credentials_fail_at_open() {
         assert!(matches!(err, StorageError::Credentials { .. }), "{err}");
         assert!(err.to_string().contains("storage.access_key"), "{err}");
     }
+
+    let secret_file = dir.path().join("s3.secret");
+    std::fs::write(&secret_file, "outage-test-secret\n").expect("write");
+    let from_file = StorageConfig {
+        endpoint: Some(s3.endpoint().to_owned()),
+        access_key: Some("outage-test".into()),
+        secret_key_file: Some(secret_file),
+        ..fast()
+    };
+    let client = open(&from_file, &dir.path().join("client")).await;
+    let stored = client
+        .put("jobs/from-file", Bytes::from_static(b"ok"), "text/plain")
+        .await
+        .expect("put");
+    assert!(!stored.spooled);
+    client.shutdown().await;
     s3.shutdown().await;
 }
 

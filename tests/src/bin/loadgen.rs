@@ -172,6 +172,8 @@ fn spawn_server(args: &Args, config: &Config, port: u16) -> anyhow::Result<std::
         .arg("--data-dir")
         .arg(&config.data_dir)
         .env("RUST_LOG", "warn")
+        // One client on loopback is the whole point here, not abuse.
+        .env("INFERMINE_RATE_LIMITS_ENABLED", "false")
         .stdin(Stdio::null());
     if let Some(url) = &config.database_url {
         command.args(["--database-url", url]);

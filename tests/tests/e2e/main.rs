@@ -5,6 +5,7 @@
 mod api_errors;
 mod frames;
 mod lifecycle;
+mod limits;
 mod points;
 mod rules;
 mod wallet;
