@@ -264,6 +264,7 @@ mod tests {
             }),
             lease_ms: 60_000,
             attempt: 1,
+            upload_url: None,
         }
     }
 

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// The family of a model, which decides the shape of its params and output and which kind of
 /// points it earns.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
@@ -56,6 +57,7 @@ impl JobParams {
 }
 
 /// One turn of a chat.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
@@ -65,6 +67,7 @@ pub struct ChatMessage {
 }
 
 /// A chat completion request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlmParams {
@@ -96,6 +99,7 @@ fn default_top_p() -> f32 {
 }
 
 /// A text-to-image request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageParams {
@@ -121,6 +125,7 @@ fn default_guidance() -> f32 {
 }
 
 /// The synthetic test engine's request: `output_bytes` deterministic bytes after `delay_ms`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticParams {
@@ -144,6 +149,7 @@ fn default_output_bytes() -> u32 {
 }
 
 /// Token counts of an LLM job, as the OpenAI API reports them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct LlmUsage {
     pub prompt_tokens: u32,
@@ -151,6 +157,7 @@ pub struct LlmUsage {
 }
 
 /// What a job produced.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobOutput {
@@ -182,6 +189,7 @@ pub enum JobOutput {
 
 /// Timings the agent measured for one job, in milliseconds. The coordinator measures its own
 /// and never trusts these beyond what it saw.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Metrics {
     /// From receipt of the job frame to the start of work.

@@ -143,6 +143,11 @@ pub struct JobAssignment {
     /// 1 for the first attempt.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    /// For image jobs: a presigned HTTP PUT URL for the PNG (valid for the lease). The agent
+    /// uploads there and returns the image's size and SHA-256 without `png_b64`; the
+    /// coordinator checks both before it completes the job. Absent: send the PNG inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_url: Option<String>,
 }
 
 fn first_attempt() -> u32 {

@@ -70,7 +70,7 @@ fn every_frozen_agent_frame_parses_and_round_trips() {
 #[test]
 fn every_frozen_coordinator_frame_parses_and_round_trips() {
     let names = frozen_files("coordinator-");
-    assert_eq!(names.len(), 7, "frozen coordinator frames: {names:?}");
+    assert_eq!(names.len(), 8, "frozen coordinator frames: {names:?}");
     for name in names {
         let text = frozen(&name);
         let message = decode_coordinator(&text).unwrap_or_else(|e| panic!("{name}: {e}"));

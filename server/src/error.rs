@@ -71,15 +71,22 @@ impl From<DbError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// What every failed request answers: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: String,
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and snake_case, for programs: `unauthorized`, `forbidden`, `not_found`,
+    /// `model_not_found`, `invalid_request`, `invalid_params` (or a more precise code for a
+    /// rejected parameter, such as `invalid_address`), `conflict`, `payload_too_large`,
+    /// `unsupported_media_type`, `rate_limited`, `internal`.
+    #[schema(example = "invalid_request")]
+    pub code: &'static str,
+    /// For people: what was wrong and how to fix it.
+    pub message: String,
 }
 
 impl IntoResponse for ApiError {
@@ -87,8 +94,8 @@ impl IntoResponse for ApiError {
         if let Self::Internal(detail) = &self {
             tracing::error!(%detail, "request failed");
         }
-        let body = Body {
-            error: Detail {
+        let body = ErrorBody {
+            error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
             },

@@ -39,6 +39,15 @@ const REPORTS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most devices one agent may register.
 const MAX_DEVICES: usize = 64;
 
+/// The agents' WebSocket. After the upgrade the agent sends `hello` with its miner token and
+/// the two sides exchange the JSON frames of the `infermine-protocol` crate (its crate docs
+/// draw the exchange; close codes are its `CloseCode`).
+#[utoipa::path(get, path = "/v1/agent/ws", tag = "agent", operation_id = "agent_websocket",
+    responses(
+        (status = 101, description = "switching to the agent protocol (`infermine-protocol`, \
+            version in the hello); the miner token travels in the `hello` frame, not in a header"),
+        (status = 400, description = "not a WebSocket upgrade request"),
+        (status = 426, description = "the connection cannot be upgraded")))]
 pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
     // tungstenite allocates its read buffer up front (128 KiB by default); agents mostly send
     // small frames, and the buffer grows when a large one comes, so a small one keeps 10,000
@@ -452,7 +461,8 @@ fn report(session: SessionId, outcome: Result<(), Refusal>) {
         Err(Refusal::NotLeased(job)) => {
             tracing::warn!(%session, %job, "refused a report for a job not leased to this agent");
         }
-        Err(Refusal::Db(e)) => {
+        Err(e @ (Refusal::Db(_) | Refusal::Storage(_))) => {
+            // The lease stays; if the failure lasts, it expires and the job runs again.
             tracing::error!(%session, error = %e, "could not record an agent's report")
         }
     }

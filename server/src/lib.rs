@@ -23,11 +23,13 @@ pub mod config;
 pub mod db;
 pub mod dispatch;
 pub mod error;
+pub mod evidence;
 pub mod gateway;
 pub mod jobs;
 pub mod ledger;
 pub mod limits;
 pub mod miners;
+pub mod openapi;
 pub mod points;
 pub mod portal;
 pub mod registry;
@@ -41,9 +43,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
 use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Auth;
 use crate::config::Config;
@@ -61,6 +64,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub jobs: Arc<Jobs>,
     pub dispatcher: Dispatcher,
+    /// Where job inputs and outputs are kept.
+    pub storage: storage::Storage,
     /// Miners connected right now.
     pub online: Arc<miners::Online>,
     /// Rate limit buckets of the public routes.
@@ -69,21 +74,9 @@ pub struct AppState {
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
-/// The HTTP routes.
+/// The HTTP routes, plus their OpenAPI document at `/openapi.json` and its UI at `/docs`.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/status", get(status))
-        .route("/v1/models", get(jobs::api::models))
-        .route("/api/v1/rules", get(points::rules::rules))
-        .route("/v1/jobs", axum::routing::post(jobs::api::submit))
-        .route(
-            "/v1/jobs/{id}",
-            get(jobs::api::get).delete(jobs::api::cancel),
-        )
-        .route("/v1/agent/ws", get(gateway::upgrade))
-        .merge(portal::routes())
-        .merge(wallet::routes())
+    openapi::serve(routes())
         .fallback(|| async {
             ApiError::NotFound("no such endpoint; see GET /v1/models and POST /v1/jobs".to_owned())
         })
@@ -95,18 +88,72 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Every route of the API, each registered with its `#[utoipa::path]` description, so the
+/// router [`app`] serves and the document [`openapi::spec`] gives are one list.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(healthz))
+        .routes(routes!(status))
+        .routes(routes!(jobs::api::models))
+        .routes(routes!(points::rules::rules))
+        .routes(routes!(jobs::api::submit))
+        .routes(routes!(jobs::api::get, jobs::api::cancel))
+        .routes(routes!(gateway::upgrade))
+        .merge(portal::routes())
+        .merge(wallet::routes())
+        .merge(evidence::routes())
+}
+
+/// Answers `ok` while the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "meta", operation_id = "healthz",
+    responses((status = 200, description = "alive", body = String, content_type = "text/plain",
+        example = "ok")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /v1/status` body.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct CoordinatorStatus {
+    /// Agents connected.
+    pub agents: usize,
+    /// Their slots: one per GPU.
+    pub slots: usize,
+    /// Jobs waiting for a slot.
+    pub queued: usize,
+    /// Jobs leased to agents now.
+    pub leased: usize,
+    /// True once shutdown began: no new assignments.
+    pub draining: bool,
+    pub storage: StorageStatus,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct StorageStatus {
+    /// The S3 endpoint objects go to.
+    pub endpoint: String,
+    /// Objects waiting to be uploaded.
+    pub spool: storage::SpoolStats,
+}
+
 /// `GET /v1/status`: what the dispatcher holds right now.
+#[utoipa::path(get, path = "/v1/status", tag = "meta", operation_id = "status",
+    responses((status = 200, description = "the dispatcher's counts", body = CoordinatorStatus)))]
 async fn status(
     axum::extract::State(state): axum::extract::State<AppState>,
-) -> axum::Json<serde_json::Value> {
+) -> axum::Json<CoordinatorStatus> {
     let snapshot = state.dispatcher.snapshot().await;
-    axum::Json(serde_json::json!({
-        "agents": snapshot.agents,
-        "slots": snapshot.slots,
-        "queued": snapshot.queued,
-        "leased": snapshot.leased,
-        "draining": *state.closing.borrow(),
-    }))
+    axum::Json(CoordinatorStatus {
+        agents: snapshot.agents,
+        slots: snapshot.slots,
+        queued: snapshot.queued,
+        leased: snapshot.leased,
+        draining: *state.closing.borrow(),
+        storage: StorageStatus {
+            endpoint: state.storage.endpoint().to_owned(),
+            spool: state.storage.spool(),
+        },
+    })
 }
 
 /// Opens the database named by `config` and applies the migrations.
@@ -185,12 +232,16 @@ pub async fn run(
         lease_grace: Duration::from_millis(config.lease_grace_ms),
         max_wait: Duration::from_secs(config.max_wait_s),
     };
+    let storage = storage::Storage::open(&config.storage, &config.data_dir)
+        .await
+        .context("cannot open object storage")?;
     let jobs = Jobs::new(
         db.clone(),
         registry,
         dispatcher.clone(),
         limits,
         Arc::new(config.points.clone()),
+        storage.clone(),
     );
     let dispatch_task = tokio::spawn(dispatch::run(inbox, Arc::clone(&jobs)));
     jobs.recover().await.context("cannot recover queued jobs")?;
@@ -202,6 +253,7 @@ pub async fn run(
         auth,
         jobs: Arc::clone(&jobs),
         dispatcher: dispatcher.clone(),
+        storage: storage.clone(),
         online: Arc::default(),
         limiters: limits::Limiters::new(&config.rate_limits),
         closing,
@@ -244,6 +296,7 @@ pub async fn run(
     drop(dispatcher);
     drop(jobs);
     dispatch_task.abort();
+    storage.shutdown().await;
     db.close().await;
     tracing::info!("coordinator stopped");
     Ok(())

@@ -53,6 +53,12 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Print the HTTP API's OpenAPI document (what `openapi/openapi.json` holds)
+    Openapi {
+        /// Write it to this file instead of stdout
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +76,8 @@ enum ApiKeyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = match &cli.command {
+        // The document is the code's: no settings needed.
+        Command::Openapi { out } => return openapi(out.as_deref()),
         Command::Serve(o) | Command::Migrate(o) => o,
         Command::MinerToken { overrides, .. }
         | Command::AdminToken { overrides, .. }
@@ -141,7 +149,29 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             print_secret(&key);
             Ok(())
         }
+        Command::Openapi { .. } => unreachable!("`openapi` runs before the settings load"),
     }
+}
+
+/// Prints the OpenAPI document, or writes it to `out`.
+fn openapi(out: Option<&std::path::Path>) -> ExitCode {
+    let json = infermine_server::openapi::to_json(&infermine_server::openapi::spec());
+    let Some(out) = out else {
+        print_document(&json);
+        return ExitCode::SUCCESS;
+    };
+    match std::fs::write(out, json) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("infermine-server: cannot write {}: {e}", out.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[expect(clippy::print_stdout, reason = "the document is the command's output")]
+fn print_document(json: &str) {
+    print!("{json}");
 }
 
 #[expect(clippy::print_stdout, reason = "the token is the command's output")]

@@ -9,12 +9,14 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::normalize_wallet;
 use crate::db::now_ms;
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::ledger::{
     self, EntryFilter, EntryKind, EntryRow, Slash, SlashAmount, holdings, points,
 };
@@ -130,7 +132,10 @@ fn miner_view(state: &AppState, row: MinerRow, boosted: bool) -> Miner {
 /// mined yet), not 404, so the portal can show an empty wallet.
 #[utoipa::path(get, path = "/api/v1/wallets/{address}", tag = "portal",
     params(("address" = String, Path, description = "0x-prefixed 40-hex-digit address, any case")),
-    responses((status = 200, body = WalletView), (status = 400, description = "not an address")))]
+    responses(
+        (status = 200, description = "balances, miners and boost (zeros for an unknown address)",
+            body = WalletView),
+        (status = 400, description = "not an address", body = ErrorBody)))]
 pub async fn wallet(
     State(state): State<AppState>,
     Path(address): Path<String>,
@@ -230,6 +235,7 @@ pub struct EntryPage {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// `next_cursor` from the previous page.
@@ -282,7 +288,9 @@ fn page(rows: Vec<EntryRow>, limit: u64) -> EntryPage {
 /// A wallet's ledger, newest first, each row with its explanation.
 #[utoipa::path(get, path = "/api/v1/wallets/{address}/ledger", tag = "portal",
     params(("address" = String, Path, description = "wallet address"), PageQuery),
-    responses((status = 200, body = EntryPage), (status = 400, description = "bad address, cursor or limit")))]
+    responses(
+        (status = 200, description = "one page of the wallet's ledger", body = EntryPage),
+        (status = 400, description = "bad address, cursor or limit", body = ErrorBody)))]
 pub async fn wallet_ledger(
     State(state): State<AppState>,
     Path(address): Path<String>,
@@ -294,6 +302,7 @@ pub async fn wallet_ledger(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// `waifu` or `llama`; both when absent.
@@ -324,7 +333,9 @@ pub struct History {
 /// Points per day, per kind: the series behind the portal's chart.
 #[utoipa::path(get, path = "/api/v1/wallets/{address}/points-history", tag = "portal",
     params(("address" = String, Path, description = "wallet address"), HistoryQuery),
-    responses((status = 200, body = History), (status = 400, description = "bad address or query")))]
+    responses(
+        (status = 200, description = "one point per day", body = History),
+        (status = 400, description = "bad address or query", body = ErrorBody)))]
 pub async fn points_history(
     State(state): State<AppState>,
     Path(address): Path<String>,
@@ -383,7 +394,9 @@ pub struct MinerView {
 /// One GPU: online state, hardware, models, its last 24 h, suspension.
 #[utoipa::path(get, path = "/api/v1/miners/{miner_id}", tag = "portal",
     params(("miner_id" = String, Path, description = "`<wallet>-<rig>-gpu<N>`")),
-    responses((status = 200, body = MinerView), (status = 404, description = "no such miner")))]
+    responses(
+        (status = 200, description = "the GPU", body = MinerView),
+        (status = 404, description = "no such miner", body = ErrorBody)))]
 pub async fn miner(
     State(state): State<AppState>,
     Path(miner_id): Path<String>,
@@ -408,8 +421,10 @@ pub async fn miner(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LeaderboardQuery {
+    /// Which points to rank by.
     pub kind: PointsKind,
     /// `24h`, `7d` or `all` (default `7d`).
     pub period: Option<String>,
@@ -434,7 +449,9 @@ pub struct Leaderboard {
 
 /// Wallets by points earned in a period.
 #[utoipa::path(get, path = "/api/v1/leaderboard", tag = "portal", params(LeaderboardQuery),
-    responses((status = 200, body = Leaderboard), (status = 400, description = "bad kind, period or limit")))]
+    responses(
+        (status = 200, description = "wallets by net points, highest first", body = Leaderboard),
+        (status = 400, description = "bad kind, period or limit", body = ErrorBody)))]
 pub async fn leaderboard(
     State(state): State<AppState>,
     Query(query): Query<LeaderboardQuery>,
@@ -473,17 +490,22 @@ pub async fn leaderboard(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SlashesQuery {
     /// Only this wallet's slashes.
     pub address: Option<String>,
+    /// `next_cursor` from the previous page.
     pub cursor: Option<String>,
+    /// Rows per page, 1–200 (default 50).
     pub limit: Option<u64>,
 }
 
 /// Slashes, newest first, with their reasons: public, so every miner sees what gets punished.
 #[utoipa::path(get, path = "/api/v1/slashes", tag = "portal", params(SlashesQuery),
-    responses((status = 200, body = EntryPage), (status = 400, description = "bad address, cursor or limit")))]
+    responses(
+        (status = 200, description = "one page of slashes", body = EntryPage),
+        (status = 400, description = "bad address, cursor or limit", body = ErrorBody)))]
 pub async fn slashes(
     State(state): State<AppState>,
     Query(query): Query<SlashesQuery>,
@@ -537,8 +559,11 @@ pub struct SlashResponse {
 /// Takes points from a wallet as a ledger debit with a reason (admin).
 #[utoipa::path(post, path = "/api/v1/admin/slashes", tag = "admin", request_body = SlashRequest,
     security(("bearer" = [])),
-    responses((status = 200, body = SlashResponse), (status = 400, description = "invalid request"),
-        (status = 401, description = "no valid token"), (status = 403, description = "not an admin")))]
+    responses(
+        (status = 200, description = "slashed, or already slashed for this case", body = SlashResponse),
+        (status = 400, description = "bad address, amount or reason", body = ErrorBody),
+        (status = 401, description = "no valid admin token", body = ErrorBody),
+        (status = 403, description = "a wallet session token, not an admin's", body = ErrorBody)))]
 pub async fn admin_slash(
     State(state): State<AppState>,
     admin: AdminSession,
@@ -613,10 +638,14 @@ pub struct SuspendResponse {
 /// Stops a GPU from getting work: its session is closed (code 4006 with the reason) and it is
 /// refused until unsuspended (admin).
 #[utoipa::path(post, path = "/api/v1/admin/miners/{miner_id}/suspend", tag = "admin",
-    params(("miner_id" = String, Path, description = "miner id")), request_body = SuspendRequest,
-    security(("bearer" = [])),
-    responses((status = 200, body = SuspendResponse), (status = 404, description = "no such miner"),
-        (status = 401, description = "no valid token"), (status = 403, description = "not an admin")))]
+    params(("miner_id" = String, Path, description = "`<wallet>-<rig>-gpu<N>`")),
+    request_body = SuspendRequest, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "suspended", body = SuspendResponse),
+        (status = 400, description = "bad reason", body = ErrorBody),
+        (status = 401, description = "no valid admin token", body = ErrorBody),
+        (status = 403, description = "a wallet session token, not an admin's", body = ErrorBody),
+        (status = 404, description = "no such miner", body = ErrorBody)))]
 pub async fn admin_suspend(
     State(state): State<AppState>,
     admin: AdminSession,
@@ -652,9 +681,13 @@ pub async fn admin_suspend(
 
 /// Lets a suspended GPU connect and work again (admin).
 #[utoipa::path(post, path = "/api/v1/admin/miners/{miner_id}/unsuspend", tag = "admin",
-    params(("miner_id" = String, Path, description = "miner id")), security(("bearer" = [])),
-    responses((status = 200, body = SuspendResponse), (status = 404, description = "no such miner"),
-        (status = 401, description = "no valid token"), (status = 403, description = "not an admin")))]
+    params(("miner_id" = String, Path, description = "`<wallet>-<rig>-gpu<N>`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "no longer suspended", body = SuspendResponse),
+        (status = 401, description = "no valid admin token", body = ErrorBody),
+        (status = 403, description = "a wallet session token, not an admin's", body = ErrorBody),
+        (status = 404, description = "no such miner", body = ErrorBody)))]
 pub async fn admin_unsuspend(
     State(state): State<AppState>,
     admin: AdminSession,
@@ -678,25 +711,15 @@ fn no_miner(miner_id: &str) -> ApiError {
 }
 
 /// The portal's routes.
-pub fn routes() -> axum::Router<AppState> {
-    use axum::routing::{get, post};
-    axum::Router::new()
-        .route("/api/v1/wallets/{address}", get(wallet))
-        .route("/api/v1/wallets/{address}/ledger", get(wallet_ledger))
-        .route(
-            "/api/v1/wallets/{address}/points-history",
-            get(points_history),
-        )
-        .route("/api/v1/miners/{miner_id}", get(miner))
-        .route("/api/v1/leaderboard", get(leaderboard))
-        .route("/api/v1/slashes", get(slashes))
-        .route("/api/v1/admin/slashes", post(admin_slash))
-        .route(
-            "/api/v1/admin/miners/{miner_id}/suspend",
-            post(admin_suspend),
-        )
-        .route(
-            "/api/v1/admin/miners/{miner_id}/unsuspend",
-            post(admin_unsuspend),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(wallet))
+        .routes(routes!(wallet_ledger))
+        .routes(routes!(points_history))
+        .routes(routes!(miner))
+        .routes(routes!(leaderboard))
+        .routes(routes!(slashes))
+        .routes(routes!(admin_slash))
+        .routes(routes!(admin_suspend))
+        .routes(routes!(admin_unsuspend))
 }

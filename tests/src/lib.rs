@@ -70,6 +70,53 @@ impl Backend {
     }
 }
 
+/// Where a test server keeps job objects: the embedded S3 server (the default) or an external
+/// one (`INFERMINE_TEST_S3_ENDPOINT`, `…_ACCESS_KEY`, `…_SECRET_KEY`; see scripts/s3-test.sh).
+#[derive(Debug, Clone)]
+pub enum ObjectStore {
+    Embedded,
+    External {
+        endpoint: String,
+        access_key: String,
+        secret_key: String,
+    },
+}
+
+impl ObjectStore {
+    /// The external server from the environment, or `None` (with a note) when none is set.
+    pub fn external() -> Option<Self> {
+        let Ok(endpoint) = std::env::var("INFERMINE_TEST_S3_ENDPOINT") else {
+            eprintln!("INFERMINE_TEST_S3_ENDPOINT is not set: skipping the external S3 run");
+            return None;
+        };
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set with the endpoint"))
+        };
+        Some(Self::External {
+            endpoint,
+            access_key: var("INFERMINE_TEST_S3_ACCESS_KEY"),
+            secret_key: var("INFERMINE_TEST_S3_SECRET_KEY"),
+        })
+    }
+
+    /// Points `config` at this store; an external one gets a bucket of its own.
+    pub fn apply(&self, config: &mut Config) {
+        match self {
+            Self::Embedded => config.storage.endpoint = None,
+            Self::External {
+                endpoint,
+                access_key,
+                secret_key,
+            } => {
+                config.storage.endpoint = Some(endpoint.clone());
+                config.storage.access_key = Some(access_key.clone());
+                config.storage.secret_key = Some(secret_key.clone());
+                config.storage.bucket = format!("im-e2e-{}", uuid::Uuid::now_v7().simple());
+            }
+        }
+    }
+}
+
 /// A coordinator running in this process on a loopback port.
 #[derive(Debug)]
 pub struct TestServer {

@@ -116,6 +116,7 @@ mod tests {
             params: JobParams::Synthetic(params),
             lease_ms: 10_000,
             attempt: 1,
+            upload_url: None,
         }
     }
 

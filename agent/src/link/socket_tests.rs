@@ -96,6 +96,7 @@ async fn coordinator(listener: TcpListener, stop: oneshot::Sender<()>) {
         }),
         lease_ms: 10_000,
         attempt: 1,
+        upload_url: None,
     };
     send(&mut ws, &CoordinatorMessage::Job(job.clone())).await;
     assert_eq!(

@@ -184,6 +184,7 @@ fn synthetic_job(delay_ms: u32, stream_tokens: u32) -> JobAssignment {
         }),
         lease_ms: 60_000,
         attempt: 1,
+        upload_url: None,
     }
 }
 

@@ -10,6 +10,9 @@ use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use infermine_protocol::{JobOutput, JobParams, Metrics, ModelKind};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Ref, Schema, Type};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::Jobs;
@@ -18,7 +21,7 @@ use super::store::{self, JobRow, NewJob, Status};
 use crate::AppState;
 use crate::db::now_ms;
 use crate::dispatch::QueuedJob;
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ErrorBody};
 
 /// The caller's verified API key id.
 #[derive(Debug, Clone, Copy)]
@@ -52,14 +55,52 @@ impl FromRequestParts<AppState> for ConsumerKey {
 }
 
 /// `POST /v1/jobs` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
+    /// A model id from `GET /v1/models`.
+    #[schema(example = "synthetic-echo")]
     pub model: String,
     /// The model kind's params (see the protocol's `LlmParams`, `ImageParams`,
     /// `SyntheticParams`), without the `kind` tag.
     #[serde(default = "empty_object")]
+    #[schema(schema_with = params_schema)]
     pub params: serde_json::Value,
+}
+
+/// The params of the model's kind: the model, not the body, says which.
+fn params_schema() -> RefOr<Schema> {
+    OneOfBuilder::new()
+        .item(Ref::from_schema_name("LlmParams"))
+        .item(Ref::from_schema_name("ImageParams"))
+        .item(Ref::from_schema_name("SyntheticParams"))
+        .description(Some(
+            "The params of the model's kind (`kind` in `GET /v1/models`): `LlmParams` for `llm`, \
+             `ImageParams` for `image`, `SyntheticParams` for `synthetic`; no `kind` tag. \
+             Defaults to `{}`.",
+        ))
+        .into()
+}
+
+/// A job's state, as the closed set of strings it is.
+fn status_schema() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(
+            [
+                Status::Queued,
+                Status::Assigned,
+                Status::Completed,
+                Status::Failed,
+                Status::Cancelled,
+            ]
+            .map(Status::as_str),
+        ))
+        .description(Some(
+            "`queued` and `assigned` are on the way; `completed`, `failed` and `cancelled` are \
+             final.",
+        ))
+        .into()
 }
 
 fn empty_object() -> serde_json::Value {
@@ -67,10 +108,11 @@ fn empty_object() -> serde_json::Value {
 }
 
 /// A job as its owner sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     pub id: Uuid,
     pub model: String,
+    #[schema(schema_with = status_schema)]
     pub status: String,
     pub attempts: i32,
     pub created_ms: i64,
@@ -115,6 +157,17 @@ impl JobView {
     }
 }
 
+/// Submits a job: it is stored, then queued for an agent that serves the model.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", operation_id = "submit_job", request_body = SubmitRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "stored and queued", body = JobView),
+        (status = 400, description = "the body is not a valid request", body = ErrorBody),
+        (status = 401, description = "no valid API key", body = ErrorBody),
+        (status = 404, description = "`model_not_found`: no such model", body = ErrorBody),
+        (status = 422, description = "the params do not fit the model: `invalid_params`, \
+            `wrong_param_kind`, `param_out_of_range`, `param_empty`, `param_too_long` or \
+            `param_not_supported`", body = ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     ConsumerKey(key): ConsumerKey,
@@ -127,12 +180,24 @@ pub async fn submit(
     Ok((StatusCode::ACCEPTED, axum::Json(view)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
-    /// Seconds to wait for the job to reach a final state before answering.
+    /// Seconds to wait for the job to reach a final state before answering (a long poll), at
+    /// most the server's `max_wait_s`; 0 or absent answers at once.
     pub wait: Option<f64>,
 }
 
+/// Reads one of the key's jobs, optionally waiting for it to finish.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "get_job",
+    params(("id" = Uuid, Path, description = "the job id `POST /v1/jobs` answered"), WaitQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the job, final or as it stood when the wait ran out",
+            body = JobView),
+        (status = 400, description = "`wait` is not a number of seconds ≥ 0", body = ErrorBody),
+        (status = 401, description = "no valid API key", body = ErrorBody),
+        (status = 404, description = "no such job for this key", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     ConsumerKey(key): ConsumerKey,
@@ -154,6 +219,15 @@ pub async fn get(
     Ok(axum::Json(state.jobs.view(key, id, wait).await?))
 }
 
+/// Cancels one of the key's jobs that is still queued or running.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "cancel_job",
+    params(("id" = Uuid, Path, description = "the job id `POST /v1/jobs` answered")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "cancelled", body = JobView),
+        (status = 401, description = "no valid API key", body = ErrorBody),
+        (status = 404, description = "no such job for this key", body = ErrorBody),
+        (status = 409, description = "the job has already finished", body = ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     ConsumerKey(key): ConsumerKey,
@@ -167,8 +241,17 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no job `{id}`")))
 }
 
+/// `GET /v1/models`, shaped like OpenAI's model list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    #[schema(example = "list")]
+    pub object: &'static str,
+    pub data: Vec<ModelView>,
+}
+
 /// One entry of `GET /v1/models`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelView {
     pub id: String,
     pub kind: ModelKind,
@@ -181,7 +264,10 @@ pub struct ModelView {
     pub deadline_ms: u64,
 }
 
-pub async fn models(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+/// The models this coordinator serves, with what a GPU needs to run each and what it earns.
+#[utoipa::path(get, path = "/v1/models", tag = "jobs", operation_id = "list_models",
+    responses((status = 200, description = "every model of the registry", body = ModelList)))]
+pub async fn models(State(state): State<AppState>) -> axum::Json<ModelList> {
     let data: Vec<ModelView> = state
         .jobs
         .registry()
@@ -198,7 +284,10 @@ pub async fn models(State(state): State<AppState>) -> axum::Json<serde_json::Val
             deadline_ms: m.deadline_ms,
         })
         .collect();
-    axum::Json(serde_json::json!({ "object": "list", "data": data }))
+    axum::Json(ModelList {
+        object: "list",
+        data,
+    })
 }
 
 impl Jobs {

@@ -8,6 +8,7 @@
 pub mod api;
 mod check;
 mod live;
+pub mod objects;
 pub mod store;
 mod writer;
 
@@ -22,7 +23,9 @@ use crate::dispatch::{
 use crate::ledger::{Credit, holdings};
 use crate::points::{self, PointsConfig, PointsKind, Work};
 use crate::registry::Registry;
+use crate::storage::{Storage, StorageError};
 use api::JobView;
+use objects::{JobRecord, ObjectError};
 use infermine_protocol::{
     CoordinatorMessage, JobAssignment, JobId, JobOutput, JobParams, JobResult,
 };
@@ -36,6 +39,8 @@ use writer::Writer;
 pub enum Refusal {
     #[error("job {0} is not leased to this agent")]
     NotLeased(JobId),
+    #[error("cannot store the job's objects: {0}")]
+    Storage(#[from] StorageError),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -74,6 +79,7 @@ pub struct Jobs {
     inflight: Mutex<HashMap<JobId, Inflight>>,
     live: Live,
     writer: Writer,
+    storage: Storage,
 }
 
 impl Jobs {
@@ -83,6 +89,7 @@ impl Jobs {
         dispatcher: Dispatcher,
         limits: Limits,
         points: Arc<PointsConfig>,
+        storage: Storage,
     ) -> Arc<Self> {
         Arc::new(Self {
             registry,
@@ -92,6 +99,7 @@ impl Jobs {
             inflight: Mutex::new(HashMap::new()),
             live: Live::default(),
             writer: Writer::spawn(db.clone()),
+            storage,
             db,
         })
     }
@@ -161,16 +169,20 @@ impl Jobs {
     /// An agent returned a result. Checks it, stores it, completes the job, frees the slot.
     pub async fn complete(&self, session: SessionId, result: JobResult) -> Result<(), Refusal> {
         let job = result.job;
-        let (params, model, miner_id, wallet, latency) = match self.inflight().get(&job) {
-            Some(f) if f.session == session => (
-                Arc::clone(&f.params),
-                f.model.clone(),
-                f.miner_id.clone(),
-                f.wallet.clone(),
-                f.assigned_at.elapsed(),
-            ),
-            _ => return Err(Refusal::NotLeased(job)),
-        };
+        let (params, model, miner_id, wallet, latency, attempt, created_ms, assigned_ms) =
+            match self.inflight().get(&job) {
+                Some(f) if f.session == session => (
+                    Arc::clone(&f.params),
+                    f.model.clone(),
+                    f.miner_id.clone(),
+                    f.wallet.clone(),
+                    f.assigned_at.elapsed(),
+                    f.attempt,
+                    f.created_ms,
+                    f.assigned_ms,
+                ),
+                _ => return Err(Refusal::NotLeased(job)),
+            };
         if let Err(problem) = check::output(&params, &result.output) {
             tracing::warn!(%job, %session, %problem, "agent returned an invalid output");
             return self
@@ -179,6 +191,32 @@ impl Jobs {
         }
         let encode =
             |e: serde_json::Error| DbError::Shared(format!("cannot encode the result: {e}"));
+        let finished_ms = now_ms();
+        let record = JobRecord {
+            id: job,
+            model: &model,
+            params: &params,
+            output: &result.output,
+            metrics: &result.metrics,
+            miner_id: &miner_id,
+            wallet: &wallet,
+            session,
+            attempt,
+            created_ms,
+            assigned_ms,
+            finished_ms,
+            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+        };
+        let objects = match objects::store(&self.storage, &record).await {
+            Ok(objects) => objects,
+            Err(ObjectError::Invalid(problem)) => {
+                tracing::warn!(%job, %session, %problem, "agent returned an invalid output");
+                return self
+                    .attempt_failed(session, job, &format!("invalid output: {problem}"), true)
+                    .await;
+            }
+            Err(ObjectError::Storage(e)) => return Err(Refusal::Storage(e)),
+        };
         let credit = self
             .credit_for(job, &model, &miner_id, &wallet, &params, &result.output, latency)
             .await?;
@@ -187,10 +225,10 @@ impl Jobs {
             session,
             output: serde_json::to_string(&result.output).map_err(encode)?,
             metrics: serde_json::to_string(&result.metrics).map_err(encode)?,
-            finished_ms: now_ms(),
+            finished_ms,
             credit,
+            objects,
         };
-        let finished_ms = completion.finished_ms;
         let stored = self.writer.complete(completion).await?;
         let Some(inflight) = self.inflight().remove(&job) else {
             return Err(Refusal::NotLeased(job));
@@ -332,6 +370,20 @@ impl Jobs {
                 assigned_at: Instant::now(),
             },
         );
+        let upload_url = match &*job.params {
+            JobParams::Image(_) => {
+                let key = objects::png_key(job.created_ms, job.id);
+                match self.storage.presign_put(&key, job.lease) {
+                    Ok(url) => Some(url),
+                    Err(e) => {
+                        // The agent can still send the PNG inline.
+                        tracing::warn!(job = %job.id, error = %e, "cannot presign the image upload");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let frame = CoordinatorMessage::Job(JobAssignment {
             id: job.id,
             model: job.model,
@@ -339,6 +391,7 @@ impl Jobs {
             params: (*job.params).clone(),
             lease_ms,
             attempt,
+            upload_url,
         });
         if agent.send(Outbound::Frame(frame)).await.is_err() {
             // The session ended between pairing and sending; its departure notice requeues
@@ -456,6 +509,9 @@ mod tests {
             dispatcher.clone(),
             limits,
             Arc::new(PointsConfig::default()),
+            Storage::open(&Default::default(), dir.path())
+                .await
+                .expect("storage"),
         );
         tokio::spawn(crate::dispatch::run(inbox, Arc::clone(&jobs)));
 

@@ -3,12 +3,14 @@
 //! both win: the loser touches no row and learns it lost.
 
 use sea_query::{
-    CaseStatement, Expr, ExprTrait, Func, Iden, Query, SelectStatement, UpdateStatement,
+    CaseStatement, Expr, ExprTrait, Func, Iden, OnConflict, Query, SelectStatement,
+    UpdateStatement,
 };
 use uuid::Uuid;
 
 use crate::db::{Db, DbError, Tx, now_ms};
 use crate::ledger::{self, Credit};
+use super::objects::JobObject;
 
 #[derive(Iden)]
 pub(crate) enum Jobs {
@@ -131,6 +133,8 @@ pub struct Completion {
     pub finished_ms: i64,
     /// The points the result earns, credited with the completion (none for synthetic jobs).
     pub credit: Option<Credit>,
+    /// The job's objects in S3 (or the spool), recorded with the completion.
+    pub objects: Vec<JobObject>,
 }
 
 /// The outcome of ending an attempt without a result.
@@ -279,8 +283,85 @@ pub async fn complete_many(db: &Db, completions: &[Completion]) -> Result<Vec<Uu
         .filter_map(|c| c.credit.as_ref())
         .collect();
     ledger::insert_credits(&mut tx, &credits).await?;
+    insert_objects(
+        &mut tx,
+        completions.iter().filter(|c| completed.contains(&c.id)),
+    )
+    .await?;
     tx.commit().await?;
     Ok(completed)
+}
+
+#[derive(Iden)]
+enum JobObjects {
+    Table,
+    JobId,
+    Name,
+    Key,
+    SizeBytes,
+    Sha256,
+    CreatedMs,
+}
+
+/// Records where each completed job's objects are.
+async fn insert_objects<'a>(
+    tx: &mut Tx,
+    completions: impl Iterator<Item = &'a Completion>,
+) -> Result<(), DbError> {
+    let mut insert = Query::insert();
+    insert.into_table(JobObjects::Table).columns([
+        JobObjects::JobId,
+        JobObjects::Name,
+        JobObjects::Key,
+        JobObjects::SizeBytes,
+        JobObjects::Sha256,
+        JobObjects::CreatedMs,
+    ]);
+    let mut rows = 0;
+    for completion in completions {
+        for object in &completion.objects {
+            insert.values_panic([
+                completion.id.into(),
+                object.name.into(),
+                object.stored.key.as_str().into(),
+                i64::try_from(object.stored.size_bytes)
+                    .unwrap_or(i64::MAX)
+                    .into(),
+                object.stored.sha256.as_str().into(),
+                completion.finished_ms.into(),
+            ]);
+            rows += 1;
+        }
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    insert.on_conflict(
+        OnConflict::columns([JobObjects::JobId, JobObjects::Name])
+            .do_nothing()
+            .to_owned(),
+    );
+    tx.execute(&insert).await?;
+    Ok(())
+}
+
+/// A job's stored objects: `(name, key, size, sha256)`.
+pub async fn objects_of(
+    db: &Db,
+    job: Uuid,
+) -> Result<Vec<(String, String, i64, String)>, DbError> {
+    let select = Query::select()
+        .columns([
+            JobObjects::Name,
+            JobObjects::Key,
+            JobObjects::SizeBytes,
+            JobObjects::Sha256,
+        ])
+        .from(JobObjects::Table)
+        .and_where(Expr::col(JobObjects::JobId).eq(job))
+        .order_by(JobObjects::Name, sea_query::Order::Asc)
+        .to_owned();
+    db.fetch_all(&select).await
 }
 
 async fn complete_in(tx: &mut Tx, completions: &[Completion]) -> Result<Vec<Uuid>, DbError> {

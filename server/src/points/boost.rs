@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const GPUS_PER_NFT: u64 = 3;
 
 /// One row of a boost table: holding at least `min_held` gives `multiplier`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BoostTier {
     pub min_held: u32,

@@ -4,11 +4,12 @@
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{BoostTier, PointsKind, boost::GPUS_PER_NFT};
 use crate::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Rules {
     pub formulas: Formulas,
     pub models: Vec<ModelRule>,
@@ -17,7 +18,7 @@ pub struct Rules {
     pub boosts: Boosts,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Formulas {
     pub waifu: &'static str,
     pub llama: &'static str,
@@ -25,7 +26,7 @@ pub struct Formulas {
     pub unit: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelRule {
     pub id: String,
     /// `waifu` or `llama`; absent for models that earn nothing.
@@ -39,13 +40,13 @@ pub struct ModelRule {
     pub deadline_ms: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct GpuTier {
     pub name: String,
     pub tier: u32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Boosts {
     pub gpus_per_nft: u64,
     pub nft: Vec<BoostTier>,
@@ -53,6 +54,10 @@ pub struct Boosts {
     pub stheu: Vec<BoostTier>,
 }
 
+/// The points rules in force: formulas, each model's multiplier and minimum GPU, the GPU
+/// tiers and the boost tables.
+#[utoipa::path(get, path = "/api/v1/rules", tag = "portal",
+    responses((status = 200, description = "the rules in force", body = Rules)))]
 pub async fn rules(State(state): State<AppState>) -> Json<Rules> {
     let registry = state.jobs.registry();
     let points = &state.config.points;

@@ -286,7 +286,7 @@ pub struct StoredObject {
 }
 
 /// What waits in the spool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 pub struct SpoolStats {
     pub objects: u64,
     pub bytes: u64,

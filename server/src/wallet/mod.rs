@@ -25,9 +25,9 @@ mod tests;
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::HeaderMap;
-use axum::routing::{delete, get, post};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::AuthError;
@@ -43,16 +43,13 @@ pub const NONCE_TTL: Duration = Duration::from_secs(5 * 60);
 pub const SESSION_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The portal's wallet and admin routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/auth/nonce", post(signin::nonce))
-        .route("/api/v1/auth/verify", post(signin::verify))
-        .route("/api/v1/admin/whoami", get(session::whoami))
-        .route(
-            "/api/v1/miner-tokens",
-            get(tokens::list).post(tokens::create),
-        )
-        .route("/api/v1/miner-tokens/{id}", delete(tokens::revoke))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(signin::nonce))
+        .routes(routes!(signin::verify))
+        .routes(routes!(session::whoami))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
 }
 
 /// Why a sign-in, a session or a token request was refused.

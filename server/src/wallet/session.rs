@@ -6,12 +6,13 @@ use axum::Json;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::WalletError;
 use crate::AppState;
 use crate::auth::{Auth, normalize_wallet};
 use crate::db::now_ms;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 /// The audience of session and admin tokens; miner tokens have none, so neither kind of token
 /// validates as the other.
@@ -148,7 +149,19 @@ impl FromRequestParts<AppState> for AdminSession {
     }
 }
 
+/// Who an admin token speaks for.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Whoami {
+    /// The name the token was minted with (`infermine-server admin-token --name`).
+    pub name: String,
+}
+
 /// `GET /api/v1/admin/whoami`: the name an admin token was minted for.
-pub(crate) async fn whoami(admin: AdminSession) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "name": admin.name }))
+#[utoipa::path(get, path = "/api/v1/admin/whoami", tag = "admin", operation_id = "admin_whoami", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the token is a valid admin token", body = Whoami),
+        (status = 401, description = "no valid admin token", body = ErrorBody),
+        (status = 403, description = "a wallet session token, not an admin's", body = ErrorBody)))]
+pub(crate) async fn whoami(admin: AdminSession) -> Json<Whoami> {
+    Json(Whoami { name: admin.name })
 }

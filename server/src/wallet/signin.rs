@@ -8,13 +8,14 @@ use axum::http::HeaderMap;
 use rand::RngCore;
 use sea_query::{Expr, ExprTrait, Iden, Order, Query};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::session::{self, Role};
 use super::{NONCE_TTL, Origin, SESSION_TTL, WalletError};
 use crate::AppState;
 use crate::auth::{AuthError, normalize_wallet};
 use crate::db::{Db, now_ms};
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ErrorBody};
 
 /// Live nonces of one address tried against a signature that names none: enough for a few
 /// open tabs, few enough that a flood of nonces costs little to try.
@@ -31,22 +32,26 @@ enum WalletNonces {
 }
 
 /// `POST /api/v1/auth/nonce` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NonceRequest {
+    /// The wallet signing in: 0x-prefixed, 40 hex digits, any case.
+    #[schema(example = "0x5aeda56215b167893e80b4fe645ba6d5bab767de")]
     pub address: String,
 }
 
 /// A sign-in nonce and the message to sign with it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub(crate) struct IssuedNonce {
     pub nonce: String,
+    /// The exact text to sign with `personal_sign` (EIP-191), in the EIP-4361 layout.
     pub message: String,
+    /// When the nonce stops being accepted, ms since the epoch.
     pub expires_ms: i64,
 }
 
 /// `POST /api/v1/auth/verify` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VerifyRequest {
     pub address: String,
@@ -58,14 +63,22 @@ pub(crate) struct VerifyRequest {
 }
 
 /// A session for the wallet that signed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct VerifyResponse {
+    /// The session JWT, for `Authorization: Bearer` on the wallet's routes.
     pub token: String,
+    /// The lowercase address.
     pub address: String,
+    /// When the session ends, ms since the epoch.
     pub expires_ms: i64,
 }
 
 /// `POST /api/v1/auth/nonce`: a nonce for `address` and the message to sign.
+#[utoipa::path(post, path = "/api/v1/auth/nonce", tag = "wallet", operation_id = "sign_in_nonce", request_body = NonceRequest,
+    responses(
+        (status = 200, description = "a nonce, good once for five minutes", body = IssuedNonce),
+        (status = 400, description = "the body is not a valid request", body = ErrorBody),
+        (status = 422, description = "`invalid_address`: not an address", body = ErrorBody)))]
 pub(crate) async fn nonce(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -77,6 +90,13 @@ pub(crate) async fn nonce(
 }
 
 /// `POST /api/v1/auth/verify`: a session token for a correctly signed, live nonce.
+#[utoipa::path(post, path = "/api/v1/auth/verify", tag = "wallet", operation_id = "sign_in_verify", request_body = VerifyRequest,
+    responses(
+        (status = 200, description = "signed in: a 24-hour session token", body = VerifyResponse),
+        (status = 400, description = "the body or the signature is malformed", body = ErrorBody),
+        (status = 401, description = "no live nonce, or the signature is not the address's",
+            body = ErrorBody),
+        (status = 422, description = "`invalid_address`: not an address", body = ErrorBody)))]
 pub(crate) async fn verify(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<VerifyRequest>,

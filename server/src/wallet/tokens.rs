@@ -6,12 +6,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use sea_query::{Expr, ExprTrait, Func, Iden, Order, Query};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Origin, WalletError, WalletSession};
 use crate::AppState;
 use crate::db::now_ms;
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ErrorBody};
 
 /// Live tokens one wallet may hold: far more than rigs anyone runs, few enough that a signed-in
 /// wallet cannot fill the table.
@@ -28,7 +29,8 @@ enum MinerTokens {
 }
 
 /// A miner token as its wallet sees it (never the secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
+#[schema(as = MinerToken)]
 pub struct TokenView {
     pub id: Uuid,
     pub name: String,
@@ -37,7 +39,8 @@ pub struct TokenView {
 }
 
 /// `POST /api/v1/miner-tokens` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = MinerTokenRequest)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateRequest {
     /// The rig's name: 1-32 letters, digits, `-` or `_`.
@@ -45,16 +48,25 @@ pub(crate) struct CreateRequest {
 }
 
 /// A freshly minted token: the only time its secret is shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = MinerTokenCreated)]
 pub(crate) struct Created {
     pub id: Uuid,
     pub name: String,
+    /// The miner token: what the agent sends in its hello.
     pub token: String,
     /// A TOML file for `infermine-agent run --config`.
     pub agent_config: String,
 }
 
 /// `GET /api/v1/miner-tokens`: the wallet's tokens, newest first.
+#[utoipa::path(get, path = "/api/v1/miner-tokens", tag = "wallet", operation_id = "list_miner_tokens", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the wallet's tokens, revoked ones included",
+            body = Vec<TokenView>),
+        (status = 401, description = "no valid wallet session", body = ErrorBody),
+        (status = 403, description = "an admin token, which speaks for no wallet",
+            body = ErrorBody)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     session: WalletSession,
@@ -70,6 +82,16 @@ pub(crate) async fn list(
 }
 
 /// `POST /api/v1/miner-tokens`: mints a token for one of the wallet's rigs.
+#[utoipa::path(post, path = "/api/v1/miner-tokens", tag = "wallet", operation_id = "create_miner_token", request_body = CreateRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "minted; the secret is shown this once", body = Created),
+        (status = 400, description = "the body is not a valid request", body = ErrorBody),
+        (status = 401, description = "no valid wallet session", body = ErrorBody),
+        (status = 403, description = "an admin token, which speaks for no wallet",
+            body = ErrorBody),
+        (status = 409, description = "the wallet already holds 100 live tokens", body = ErrorBody),
+        (status = 422, description = "`invalid_name`: not a usable rig name", body = ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     session: WalletSession,
@@ -114,6 +136,14 @@ pub(crate) async fn create(
 }
 
 /// `DELETE /api/v1/miner-tokens/{id}`: revokes one of the wallet's tokens (again is fine).
+#[utoipa::path(delete, path = "/api/v1/miner-tokens/{id}", tag = "wallet", operation_id = "revoke_miner_token",
+    params(("id" = Uuid, Path, description = "the token's id")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "revoked (now or before)", body = TokenView),
+        (status = 401, description = "no valid wallet session", body = ErrorBody),
+        (status = 403, description = "an admin token, which speaks for no wallet",
+            body = ErrorBody),
+        (status = 404, description = "the wallet has no such token", body = ErrorBody)))]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     session: WalletSession,

@@ -8,6 +8,7 @@ mod lifecycle;
 mod limits;
 mod points;
 mod rules;
+mod storage;
 mod wallet;
 
 /// Runs `$scenario(backend)` as two tests: on SQLite, and on PostgreSQL when configured.
