@@ -76,8 +76,10 @@ pub struct LlmParams {
     #[serde(default)]
     pub max_tokens: Option<u32>,
     #[serde(default = "default_temperature")]
+    #[cfg_attr(feature = "openapi", schema(default = 1.0))]
     pub temperature: f32,
     #[serde(default = "default_top_p")]
+    #[cfg_attr(feature = "openapi", schema(default = 1.0))]
     pub top_p: f32,
     /// 0 turns top-k filtering off.
     #[serde(default)]
@@ -110,6 +112,7 @@ pub struct ImageParams {
     pub height: u32,
     pub steps: u32,
     #[serde(default = "default_guidance")]
+    #[cfg_attr(feature = "openapi", schema(default = 7.5))]
     pub guidance_scale: f32,
     /// Seed of the initial noise, drawn on the CPU so any device starts from the same latents.
     #[serde(default)]
@@ -130,6 +133,7 @@ fn default_guidance() -> f32 {
 #[serde(deny_unknown_fields)]
 pub struct SyntheticParams {
     #[serde(default = "default_output_bytes")]
+    #[cfg_attr(feature = "openapi", schema(default = 64))]
     pub output_bytes: u32,
     #[serde(default)]
     pub delay_ms: u32,

@@ -10,8 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::points::PointsConfig;
 use crate::limits::RateLimitConfig;
+use crate::points::PointsConfig;
 use crate::storage::StorageConfig;
 
 /// Every setting of the coordinator. Field docs are the reference for the TOML file, whose keys

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::jobs::store;
 use crate::wallet::AdminSession;
 
@@ -38,9 +38,14 @@ fn job_id(id: &str) -> Result<Uuid, ApiError> {
 
 /// The objects stored for a completed job (admin).
 #[utoipa::path(get, path = "/api/v1/admin/jobs/{id}/objects", tag = "admin",
-    params(("id" = String, Path, description = "job id")), security(("bearer" = [])),
-    responses((status = 200, body = JobObjects), (status = 404, description = "no objects for this job"),
-        (status = 401, description = "no valid token"), (status = 403, description = "not an admin")))]
+    operation_id = "list_job_objects",
+    params(("id" = Uuid, Path, description = "job id")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the job's stored objects", body = JobObjects),
+        (status = 400, description = "not a job id", body = ErrorBody),
+        (status = 401, description = "no valid admin token", body = ErrorBody),
+        (status = 403, description = "a wallet session token, not an admin's", body = ErrorBody),
+        (status = 404, description = "no objects for this job", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     _admin: AdminSession,
@@ -69,10 +74,17 @@ pub async fn list(
 
 /// One object's bytes (admin).
 #[utoipa::path(get, path = "/api/v1/admin/jobs/{id}/objects/{name}", tag = "admin",
-    params(("id" = String, Path, description = "job id"), ("name" = String, Path, description = "object name")),
+    operation_id = "get_job_object",
+    params(("id" = Uuid, Path, description = "job id"),
+        ("name" = String, Path, description = "object name, as the list gives it")),
     security(("bearer" = [])),
-    responses((status = 200, description = "the object (JSON or PNG)"), (status = 404, description = "no such object"),
-        (status = 401, description = "no valid token"), (status = 403, description = "not an admin")))]
+    responses(
+        (status = 200, description = "the object's bytes",
+            content((Object = "application/json"), ("image/png"))),
+        (status = 400, description = "not a job id", body = ErrorBody),
+        (status = 401, description = "no valid admin token", body = ErrorBody),
+        (status = 403, description = "a wallet session token, not an admin's", body = ErrorBody),
+        (status = 404, description = "no such object", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     _admin: AdminSession,

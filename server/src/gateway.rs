@@ -191,10 +191,7 @@ where
     let mut slots = plan_slots(state, &identity, &hello)?;
     let unavailable = |e: crate::db::DbError| {
         tracing::error!(error = %e, "could not record the agent's miners");
-        Ending::new(
-            CloseCode::GoingAway,
-            "coordinator unavailable; retry later",
-        )
+        Ending::new(CloseCode::GoingAway, "coordinator unavailable; retry later")
     };
     miners::register(&state.db, &identity, &hello.gpus)
         .await

@@ -15,6 +15,20 @@
 //! 4. At start-up, leases left by a previous run are void and every queued job is queued
 //!    again, so no job is lost to a restart.
 //!
+//! The HTTP routes, registered by [`routes`] with their `#[utoipa::path]` descriptions, so the
+//! [`openapi`] document (served at `/openapi.json`, browsable at `/docs`, committed as
+//! `openapi/openapi.json`) lists exactly what is served:
+//!
+//! - consumers ([`jobs::api`]): `GET /v1/models`, `POST /v1/jobs`, `GET`/`DELETE /v1/jobs/{id}`;
+//! - agents ([`gateway`]): `GET /v1/agent/ws`, a WebSocket speaking `infermine-protocol`;
+//! - wallets ([`wallet`]): `POST /api/v1/auth/nonce` and `/verify`, `GET`/`POST
+//!   /api/v1/miner-tokens`, `DELETE /api/v1/miner-tokens/{id}`;
+//! - the portal ([`portal`], [`points::rules`]): `/api/v1/wallets/{address}` (and `/ledger`,
+//!   `/points-history`), `/api/v1/miners/{miner_id}`, `/api/v1/leaderboard`,
+//!   `/api/v1/slashes`, `/api/v1/rules`;
+//! - operators ([`portal`], [`evidence`], [`wallet`]): `/api/v1/admin/…`;
+//! - health: `GET /healthz`, `GET /v1/status`.
+//!
 //! [`run`] serves all of it on a listener until a shutdown future resolves; [`app`] builds the
 //! router for tests that want it without a socket.
 
@@ -206,6 +220,22 @@ pub async fn create_api_key(config: &Config, name: &str) -> anyhow::Result<Strin
     Ok(key)
 }
 
+/// Replaces a token's holdings snapshot with the CSV file at `path` (what
+/// `infermine-server nft import` does). Returns how many holders it lists.
+pub async fn import_holdings(
+    config: &Config,
+    token: ledger::holdings::Token,
+    path: &std::path::Path,
+) -> anyhow::Result<usize> {
+    let db = open_db(config).await?;
+    let source = ledger::holdings::CsvSnapshot {
+        path: path.to_owned(),
+    };
+    let imported = ledger::holdings::import(&db, token, &source).await;
+    db.close().await;
+    Ok(imported?)
+}
+
 /// Runs the coordinator on `listener` until `shutdown` resolves, then drains: no new
 /// assignments, running jobs get `drain_timeout_s` to finish, agents are told to go away, and
 /// whatever is still leased is queued again at the next start.
@@ -289,9 +319,9 @@ pub async fn run(
         listener,
         app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-        .with_graceful_shutdown(graceful)
-        .await
-        .context("server error")?;
+    .with_graceful_shutdown(graceful)
+    .await
+    .context("server error")?;
     sweeper.abort();
     drop(dispatcher);
     drop(jobs);

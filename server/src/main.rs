@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use infermine_server::config::{Config, LogFormat, Overrides};
+use infermine_server::ledger::holdings::Token;
 
 /// The infermine coordinator: consumer API, agent gateway, dispatcher and ledger.
 ///
@@ -53,11 +54,32 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Manage the token holdings that boost points
+    Nft {
+        #[command(subcommand)]
+        command: NftCommand,
+    },
     /// Print the HTTP API's OpenAPI document (what `openapi/openapi.json` holds)
     Openapi {
         /// Write it to this file instead of stdout
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NftCommand {
+    /// Replace a token's holdings snapshot with a CSV file of `address,count` lines (an
+    /// optional `address,count` header and `#` comments allowed). A file with any bad line
+    /// changes nothing; holders missing from the file hold nothing afterwards.
+    Import {
+        /// The snapshot file
+        file: PathBuf,
+        /// Which token the file lists
+        #[arg(long, value_enum, default_value = "nft")]
+        token: Token,
+        #[command(flatten)]
+        overrides: Overrides,
     },
 }
 
@@ -81,6 +103,9 @@ fn main() -> ExitCode {
         Command::Serve(o) | Command::Migrate(o) => o,
         Command::MinerToken { overrides, .. }
         | Command::AdminToken { overrides, .. }
+        | Command::Nft {
+            command: NftCommand::Import { overrides, .. },
+        }
         | Command::ApiKey {
             command: ApiKeyCommand::Create { overrides, .. },
         } => overrides,
@@ -149,6 +174,17 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             print_secret(&key);
             Ok(())
         }
+        Command::Nft {
+            command: NftCommand::Import { file, token, .. },
+        } => {
+            let holders = infermine_server::import_holdings(&config, token, &file).await?;
+            eprintln!(
+                "imported {holders} {} holders from {}",
+                token.as_str(),
+                file.display()
+            );
+            Ok(())
+        }
         Command::Openapi { .. } => unreachable!("`openapi` runs before the settings load"),
     }
 }
@@ -202,8 +238,13 @@ async fn shutdown_signal() {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            // The embedded S3 server logs every 404 it answers as an error; the client side
+            // reports what matters.
+            "info,s3s::ops=off",
+        )
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

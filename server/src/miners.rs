@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use infermine_protocol::GpuInfo;
-use tokio::sync::mpsc;
 use sea_query::{Expr, ExprTrait, Iden, OnConflict, Query};
+use tokio::sync::mpsc;
 
 use crate::auth::MinerIdentity;
 use crate::db::{Db, DbError, now_ms};
@@ -161,11 +161,7 @@ pub async fn set_models(db: &Db, models: &[(String, Vec<String>)]) -> Result<(),
 }
 
 /// Suspends (`Some(reason)`) or reinstates (`None`) a miner. False if there is no such miner.
-pub async fn set_suspended(
-    db: &Db,
-    miner_id: &str,
-    reason: Option<&str>,
-) -> Result<bool, DbError> {
+pub async fn set_suspended(db: &Db, miner_id: &str, reason: Option<&str>) -> Result<bool, DbError> {
     let update = Query::update()
         .table(Miners::Table)
         .value(Miners::SuspendedMs, reason.map(|_| now_ms()))
@@ -208,7 +204,12 @@ impl Online {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn joined(&self, session: SessionId, sender: &mpsc::Sender<Outbound>, miner_ids: &[String]) {
+    pub fn joined(
+        &self,
+        session: SessionId,
+        sender: &mpsc::Sender<Outbound>,
+        miner_ids: &[String],
+    ) {
         let mut map = self.map();
         for id in miner_ids {
             map.insert(id.clone(), (session, sender.clone()));

@@ -29,9 +29,6 @@ pub const SPEC_PATH: &str = "/openapi.json";
 /// Where the Swagger UI is served.
 pub const DOCS_PATH: &str = "/docs";
 
-/// What the rate limiter leaves alone (see [`crate::limits`]): no 429 is documented there.
-const NOT_RATE_LIMITED: [&str; 2] = ["/healthz", "/v1/agent/ws"];
-
 const DESCRIPTION: &str = "\
 The infermine coordinator: consumers submit inference jobs (`/v1/jobs`), miners' agents run \
 them over a WebSocket (`/v1/agent/ws`), and the portal shows points and manages miner tokens \
@@ -72,6 +69,7 @@ impl Modify for BearerScheme {
     fn modify(&self, doc: &mut Document) {
         let scheme = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("API key or JWT")
             .description(Some(
                 "`Authorization: Bearer <token>`, where the token depends on the route:\n\
                  - consumer API keys (`imk_…`, from `infermine-server api-key create`) for \
@@ -134,7 +132,9 @@ fn finish(mut doc: Document) -> Document {
         .header(
             "Retry-After",
             HeaderBuilder::new()
-                .schema(Some(utoipa::openapi::schema::Object::with_type(Type::Integer)))
+                .schema(Some(utoipa::openapi::schema::Object::with_type(
+                    Type::Integer,
+                )))
                 .description(Some("seconds to wait before trying again"))
                 .build(),
         )
@@ -163,7 +163,7 @@ fn finish(mut doc: Document) -> Document {
     );
 
     for (path, item) in &mut doc.paths.paths {
-        let limited = !NOT_RATE_LIMITED.contains(&path.as_str());
+        let limited = !crate::limits::EXEMPT.contains(&path.as_str());
         for operation in [
             &mut item.get,
             &mut item.put,
@@ -263,7 +263,10 @@ mod tests {
         assert!(!found.is_empty());
         for target in found {
             let pointer = target.strip_prefix('#').expect("local reference");
-            assert!(doc.pointer(pointer).is_some(), "{target} resolves to nothing");
+            assert!(
+                doc.pointer(pointer).is_some(),
+                "{target} resolves to nothing"
+            );
         }
     }
 
@@ -275,7 +278,10 @@ mod tests {
         for (path, item) in paths {
             for (method, operation) in item.as_object().expect("path item") {
                 let id = operation["operationId"].as_str().expect("operationId");
-                assert!(ids.insert(id.to_owned()), "{method} {path}: operationId {id} twice");
+                assert!(
+                    ids.insert(id.to_owned()),
+                    "{method} {path}: operationId {id} twice"
+                );
                 for requirement in operation["security"].as_array().into_iter().flatten() {
                     for scheme in requirement.as_object().expect("requirement").keys() {
                         assert!(

@@ -17,9 +17,7 @@ use crate::AppState;
 use crate::auth::normalize_wallet;
 use crate::db::now_ms;
 use crate::error::{ApiError, ApiJson, ErrorBody};
-use crate::ledger::{
-    self, EntryFilter, EntryKind, EntryRow, Slash, SlashAmount, holdings, points,
-};
+use crate::ledger::{self, EntryFilter, EntryKind, EntryRow, Slash, SlashAmount, holdings, points};
 use crate::miners::{self, MinerRow};
 use crate::points::{GPUS_PER_NFT, MicroPoints, PointsKind, boosted_miners};
 use crate::wallet::AdminSession;

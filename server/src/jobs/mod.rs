@@ -25,11 +25,11 @@ use crate::points::{self, PointsConfig, PointsKind, Work};
 use crate::registry::Registry;
 use crate::storage::{Storage, StorageError};
 use api::JobView;
-use objects::{JobRecord, ObjectError};
 use infermine_protocol::{
     CoordinatorMessage, JobAssignment, JobId, JobOutput, JobParams, JobResult,
 };
 use live::Live;
+use objects::{JobRecord, ObjectError};
 use store::{AttemptEnd, Completion, NewLease, QueueRow, Status};
 use tokio::time::Instant;
 use writer::Writer;
@@ -58,6 +58,9 @@ struct Inflight {
     created_ms: i64,
     assigned_ms: i64,
     assigned_at: Instant,
+    /// A result is being recorded: later reports for the job (duplicates sent while the
+    /// first is stored) are refused rather than raced.
+    completing: bool,
 }
 
 /// Settings of the lifecycle, from the coordinator's config.
@@ -169,24 +172,40 @@ impl Jobs {
     /// An agent returned a result. Checks it, stores it, completes the job, frees the slot.
     pub async fn complete(&self, session: SessionId, result: JobResult) -> Result<(), Refusal> {
         let job = result.job;
+        let outcome = self.record_result(session, result).await;
+        if matches!(outcome, Err(Refusal::Db(_) | Refusal::Storage(_)))
+            && let Some(f) = self.inflight().get_mut(&job)
+            && f.session == session
+        {
+            // Nothing was recorded; the agent (or the lease timer) may try again.
+            f.completing = false;
+        }
+        outcome
+    }
+
+    async fn record_result(&self, session: SessionId, result: JobResult) -> Result<(), Refusal> {
+        let job = result.job;
         let (params, model, miner_id, wallet, latency, attempt, created_ms, assigned_ms) =
-            match self.inflight().get(&job) {
-                Some(f) if f.session == session => (
-                    Arc::clone(&f.params),
-                    f.model.clone(),
-                    f.miner_id.clone(),
-                    f.wallet.clone(),
-                    f.assigned_at.elapsed(),
-                    f.attempt,
-                    f.created_ms,
-                    f.assigned_ms,
-                ),
+            match self.inflight().get_mut(&job) {
+                Some(f) if f.session == session && !f.completing => {
+                    f.completing = true;
+                    (
+                        Arc::clone(&f.params),
+                        f.model.clone(),
+                        f.miner_id.clone(),
+                        f.wallet.clone(),
+                        f.assigned_at.elapsed(),
+                        f.attempt,
+                        f.created_ms,
+                        f.assigned_ms,
+                    )
+                }
                 _ => return Err(Refusal::NotLeased(job)),
             };
         if let Err(problem) = check::output(&params, &result.output) {
             tracing::warn!(%job, %session, %problem, "agent returned an invalid output");
             return self
-                .attempt_failed(session, job, &format!("invalid output: {problem}"), true)
+                .end_attempt(session, job, &format!("invalid output: {problem}"), true)
                 .await;
         }
         let encode =
@@ -212,13 +231,21 @@ impl Jobs {
             Err(ObjectError::Invalid(problem)) => {
                 tracing::warn!(%job, %session, %problem, "agent returned an invalid output");
                 return self
-                    .attempt_failed(session, job, &format!("invalid output: {problem}"), true)
+                    .end_attempt(session, job, &format!("invalid output: {problem}"), true)
                     .await;
             }
             Err(ObjectError::Storage(e)) => return Err(Refusal::Storage(e)),
         };
         let credit = self
-            .credit_for(job, &model, &miner_id, &wallet, &params, &result.output, latency)
+            .credit_for(
+                job,
+                &model,
+                &miner_id,
+                &wallet,
+                &params,
+                &result.output,
+                latency,
+            )
             .await?;
         let completion = Completion {
             id: job,
@@ -313,9 +340,20 @@ impl Jobs {
         reason: &str,
         retryable: bool,
     ) -> Result<(), Refusal> {
-        if !matches!(self.inflight().get(&job), Some(f) if f.session == session) {
+        if !matches!(self.inflight().get(&job), Some(f) if f.session == session && !f.completing) {
             return Err(Refusal::NotLeased(job));
         }
+        self.end_attempt(session, job, reason, retryable).await
+    }
+
+    /// Ends the session's attempt at `job` without a result (the caller checked the lease).
+    async fn end_attempt(
+        &self,
+        session: SessionId,
+        job: JobId,
+        reason: &str,
+        retryable: bool,
+    ) -> Result<(), Refusal> {
         let retry_within = retryable.then_some(self.limits.max_attempts);
         let end = store::end_attempt(&self.db, job, Some(session), reason, retry_within).await?;
         self.inflight().remove(&job);
@@ -368,6 +406,7 @@ impl Jobs {
                 created_ms: job.created_ms,
                 assigned_ms,
                 assigned_at: Instant::now(),
+                completing: false,
             },
         );
         let upload_url = match &*job.params {

@@ -109,10 +109,7 @@ async fn put_json(
     Ok(JobObject { name, stored })
 }
 
-async fn store_output(
-    storage: &Storage,
-    record: &JobRecord<'_>,
-) -> Result<JobObject, ObjectError> {
+async fn store_output(storage: &Storage, record: &JobRecord<'_>) -> Result<JobObject, ObjectError> {
     let JobOutput::Image {
         size_bytes,
         sha256,

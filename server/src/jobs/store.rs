@@ -3,14 +3,13 @@
 //! both win: the loser touches no row and learns it lost.
 
 use sea_query::{
-    CaseStatement, Expr, ExprTrait, Func, Iden, OnConflict, Query, SelectStatement,
-    UpdateStatement,
+    CaseStatement, Expr, ExprTrait, Func, Iden, OnConflict, Query, SelectStatement, UpdateStatement,
 };
 use uuid::Uuid;
 
+use super::objects::JobObject;
 use crate::db::{Db, DbError, Tx, now_ms};
 use crate::ledger::{self, Credit};
-use super::objects::JobObject;
 
 #[derive(Iden)]
 pub(crate) enum Jobs {
@@ -346,10 +345,7 @@ async fn insert_objects<'a>(
 }
 
 /// A job's stored objects: `(name, key, size, sha256)`.
-pub async fn objects_of(
-    db: &Db,
-    job: Uuid,
-) -> Result<Vec<(String, String, i64, String)>, DbError> {
+pub async fn objects_of(db: &Db, job: Uuid) -> Result<Vec<(String, String, i64, String)>, DbError> {
     let select = Query::select()
         .columns([
             JobObjects::Name,

@@ -46,7 +46,7 @@ impl Token {
 /// Why holdings could not be read or imported.
 #[derive(Debug, thiserror::Error)]
 pub enum HoldingsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -78,9 +78,10 @@ pub struct CsvSnapshot {
 
 impl HoldingsSource for CsvSnapshot {
     fn name(&self) -> String {
-        self.path
-            .file_name()
-            .map_or_else(|| "snapshot".to_owned(), |n| n.to_string_lossy().into_owned())
+        self.path.file_name().map_or_else(
+            || "snapshot".to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        )
     }
 
     async fn holdings(&self) -> Result<Vec<(String, u32)>, HoldingsError> {
@@ -116,7 +117,11 @@ fn parse_csv(path: &Path) -> Result<Vec<(String, u32)>, HoldingsError> {
         if record.iter().all(str::is_empty) {
             continue;
         }
-        if index == 0 && record.get(0).is_some_and(|f| f.eq_ignore_ascii_case("address")) {
+        if index == 0
+            && record
+                .get(0)
+                .is_some_and(|f| f.eq_ignore_ascii_case("address"))
+        {
             continue;
         }
         if record.len() != 2 {

@@ -14,9 +14,7 @@ pub mod holdings;
 #[cfg(test)]
 mod tests;
 
-use sea_query::{
-    Alias, Expr, ExprTrait, Func, Iden, OnConflict, Order, Query, SelectStatement,
-};
+use sea_query::{Alias, Expr, ExprTrait, Func, Iden, OnConflict, Order, Query, SelectStatement};
 use serde::Serialize;
 use uuid::Uuid;
 

@@ -65,7 +65,10 @@ async fn a_job_is_credited_once_however_often_its_credit_is_written() {
         written += task.await.expect("task");
     }
     assert_eq!(written, 0);
-    assert_eq!(balances(&db, WALLET).await.expect("balances").waifu, 1_000_000);
+    assert_eq!(
+        balances(&db, WALLET).await.expect("balances").waifu,
+        1_000_000
+    );
     let row = for_job(&db, job).await.expect("read").expect("the credit");
     let detail: serde_json::Value = serde_json::from_str(&row.detail).expect("json");
     assert_eq!(detail["work"]["steps"], 20);
@@ -89,10 +92,16 @@ async fn slashes_debit_at_most_the_balance_and_once_per_case() {
     assert_eq!((first.amount, first.recorded), (5_000_000, true));
     assert_eq!(first.balance_after, 5_000_000);
     let again = slash(&db, &slash_half).await.expect("repeat");
-    assert_eq!((again.amount, again.recorded), (0, false), "same case twice");
+    assert_eq!(
+        (again.amount, again.recorded),
+        (0, false),
+        "same case twice"
+    );
     slash_half.case_id = None;
     slash_half.amount = SlashAmount::Micro(99_000_000);
-    let all = slash(&db, &slash_half).await.expect("more than the balance");
+    let all = slash(&db, &slash_half)
+        .await
+        .expect("more than the balance");
     assert_eq!((all.amount, all.balance_after), (5_000_000, 0));
     assert_eq!(
         balances(&db, WALLET).await.expect("balances"),

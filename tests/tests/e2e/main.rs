@@ -6,6 +6,7 @@ mod api_errors;
 mod frames;
 mod lifecycle;
 mod limits;
+mod openapi;
 mod points;
 mod rules;
 mod storage;

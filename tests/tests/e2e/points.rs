@@ -11,7 +11,7 @@ use infermine_protocol::{
     AgentMessage, CoordinatorMessage, DeviceKind, GpuInfo, Hello, JobOutput, JobParams, JobResult,
     LlmUsage, Metrics, ModelInfo, PROTOCOL_VERSION,
 };
-use infermine_server::ledger::holdings::{CsvSnapshot, Token};
+use infermine_server::ledger::holdings::Token;
 use infermine_tests::raw::{Frame, RawAgent};
 use infermine_tests::{Backend, TestServer, WALLET};
 use serde_json::{Value, json};
@@ -59,9 +59,7 @@ fn h100_hello(token: &str) -> Hello {
 /// hand from the seed: Waifu = w·h·steps ÷ (512·512·20) × multiplier; Llama = (prompt +
 /// completion tokens) ÷ 1000 × multiplier.
 fn cases() -> Vec<(&'static str, Value, i64)> {
-    let image = |w: u32, h: u32, steps: u32| {
-        json!({ "prompt": "a lighthouse at dusk", "width": w, "height": h, "steps": steps })
-    };
+    let image = |w: u32, h: u32, steps: u32| json!({ "prompt": "a lighthouse at dusk", "width": w, "height": h, "steps": steps });
     let chat = json!({ "messages": [{ "role": "user", "content": "hello" }], "max_tokens": 600 });
     vec![
         // 512·512·25 = 6,553,600 ÷ 5,242,880 = 1.25 × 0.3 = 0.375
@@ -117,11 +115,11 @@ async fn get(server: &TestServer, path: &str) -> Value {
 async fn import_nfts(server: &TestServer, count: u32) {
     let path = server.data_dir().join("holdings.csv");
     std::fs::write(&path, format!("address,count\n{WALLET},{count}\n")).expect("write csv");
-    let db = infermine_server::open_db(&server.config).await.expect("db");
-    infermine_server::ledger::holdings::import(&db, Token::Nft, &CsvSnapshot { path })
+    // What `infermine-server nft import holdings.csv` runs.
+    let holders = infermine_server::import_holdings(&server.config, Token::Nft, &path)
         .await
         .expect("import");
-    db.close().await;
+    assert_eq!(holders, 1);
 }
 
 async fn seven_models_earn_by_the_seed(backend: Backend) {
@@ -184,7 +182,11 @@ async fn seven_models_earn_by_the_seed(backend: Backend) {
     }
 
     // The ledger, as the portal reads it.
-    let ledger = get(&server, &format!("/api/v1/wallets/{WALLET}/ledger?limit=50")).await;
+    let ledger = get(
+        &server,
+        &format!("/api/v1/wallets/{WALLET}/ledger?limit=50"),
+    )
+    .await;
     let entries = ledger["entries"].as_array().expect("entries");
     assert_eq!(
         entries.len(),
@@ -268,3 +270,243 @@ async fn seven_models_earn_by_the_seed(backend: Backend) {
 }
 
 on_both_databases!(seven_models_earn_by_the_seed);
+
+/// Credits, duplicate results and admin slashes all at once: every job is credited exactly
+/// once, a case slashes once, and the balance is exactly the credits less the slashes.
+async fn balances_stay_exact_under_concurrency(backend: Backend) {
+    const JOBS: usize = 40;
+    // (1200 + 300) ÷ 1000 × 0.24 (dolphin-2.9-llama3-8b), no boost.
+    const PER_JOB: i64 = 360_000;
+    let server = TestServer::start(&backend).await;
+    let admin = infermine_server::mint_admin_token(&server.config, "e2e", Duration::from_secs(600))
+        .await
+        .expect("admin token");
+    let token = server.miner_token("h100rig").await;
+    let mut agent = RawAgent::connect(&server.ws()).await.expect("connect");
+    agent
+        .send(&AgentMessage::Hello(h100_hello(&token)))
+        .await
+        .expect("hello");
+    assert!(matches!(
+        agent.next(Duration::from_secs(10)).await,
+        Frame::Message(CoordinatorMessage::Welcome(_))
+    ));
+    let client = server.client();
+    let chat = json!({ "messages": [{ "role": "user", "content": "hi" }] });
+    let ids: Vec<String> = futures_util::future::join_all(
+        (0..JOBS).map(|_| client.submit_ok("dolphin-2.9-llama3-8b", chat.clone())),
+    )
+    .await;
+
+    // Slashes race the credits (they start once a quarter of the results are in): five
+    // cases, and one of them sent three times.
+    let http = reqwest::Client::new();
+    let slash_url = format!("{}/api/v1/admin/slashes", server.http());
+    let cases: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::now_v7()).collect();
+    let slashes = {
+        let (http, admin, cases) = (http.clone(), admin.clone(), cases.clone());
+        async move {
+            let sends = cases
+                .iter()
+                .chain(std::iter::repeat_n(&cases[0], 2))
+                .map(|case| {
+                    let body = json!({
+                        "address": WALLET, "kind": "llama", "fraction": 0.1,
+                        "reason": "concurrency test", "case_id": case,
+                    });
+                    http.post(&slash_url).bearer_auth(&admin).json(&body).send()
+                });
+            let mut taken = 0i64;
+            let mut recorded = 0;
+            for response in futures_util::future::join_all(sends).await {
+                let response = response.expect("send");
+                assert_eq!(response.status(), 200);
+                let body: Value = response.json().await.expect("json");
+                let outcome = &body["slashes"][0];
+                taken += outcome["amount"]["micro"].as_i64().expect("amount");
+                recorded += usize::from(outcome["recorded"] == true);
+            }
+            (taken, recorded)
+        }
+    };
+    let mut slashes = Some(slashes);
+    let mut slashing = None;
+
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < JOBS {
+        let job = match agent.next(Duration::from_secs(10)).await {
+            Frame::Message(CoordinatorMessage::Job(job)) => job,
+            Frame::Message(_) => continue,
+            other => panic!("expected jobs, got {other:?}"),
+        };
+        let result = AgentMessage::Result(JobResult {
+            job: job.id,
+            output: output_for(&job.params),
+            metrics: Metrics::default(),
+        });
+        // The same result three times, back to back.
+        for _ in 0..3 {
+            agent.send(&result).await.expect("result");
+        }
+        answered.insert(job.id);
+        if answered.len() == JOBS / 4 {
+            slashing = slashes.take().map(tokio::spawn);
+        }
+    }
+    for id in &ids {
+        let job = client.wait_final(id, Duration::from_secs(10)).await;
+        assert_eq!(job["status"], "completed", "{job}");
+    }
+    let (taken, recorded) = slashing.expect("started").await.expect("slashes");
+    assert!(taken > 0, "the slashes found points to take");
+    assert_eq!(recorded, 5, "one slash per case");
+
+    // Read the whole ledger back, page by page.
+    let mut entries = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/api/v1/wallets/{WALLET}/ledger?limit=7");
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let page = get(&server, &path).await;
+        entries.extend(page["entries"].as_array().expect("entries").iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let accruals: Vec<&Value> = entries.iter().filter(|e| e["entry"] == "accrual").collect();
+    let credited: std::collections::HashSet<&str> = accruals
+        .iter()
+        .map(|e| e["job_id"].as_str().expect("job id"))
+        .collect();
+    assert_eq!(accruals.len(), JOBS, "one credit per job");
+    assert_eq!(credited.len(), JOBS, "no job credited twice");
+    assert!(accruals.iter().all(|e| e["amount"]["micro"] == PER_JOB));
+    let slashes: Vec<&Value> = entries.iter().filter(|e| e["entry"] == "slash").collect();
+    assert_eq!(slashes.len(), 5);
+    let sum: i64 = entries
+        .iter()
+        .map(|e| e["amount"]["micro"].as_i64().expect("amount"))
+        .sum();
+    assert_eq!(sum, JOBS as i64 * PER_JOB - taken);
+
+    let wallet = get(&server, &format!("/api/v1/wallets/{WALLET}")).await;
+    assert_eq!(
+        wallet["balances"]["llama"]["micro"], sum,
+        "the balance is the ledger's sum"
+    );
+    let public = get(&server, &format!("/api/v1/slashes?address={WALLET}")).await;
+    assert_eq!(public["entries"].as_array().expect("slashes").len(), 5);
+    assert_eq!(public["entries"][0]["reason"], "concurrency test");
+}
+
+on_both_databases!(balances_stay_exact_under_concurrency);
+
+/// Admin routes refuse wallets and strangers; suspension closes the miner's session and keeps
+/// it out until lifted.
+async fn admins_suspend_and_slash_and_no_one_else(backend: Backend) {
+    let server = TestServer::start(&backend).await;
+    let admin = infermine_server::mint_admin_token(&server.config, "e2e", Duration::from_secs(600))
+        .await
+        .expect("admin token");
+    let token = server.miner_token("h100rig").await;
+    let (mut agent, welcome) = {
+        let mut agent = RawAgent::connect(&server.ws()).await.expect("connect");
+        agent
+            .send(&AgentMessage::Hello(h100_hello(&token)))
+            .await
+            .expect("hello");
+        match agent.next(Duration::from_secs(10)).await {
+            Frame::Message(CoordinatorMessage::Welcome(welcome)) => (agent, welcome),
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    };
+    assert_eq!(welcome.slots.len(), 4);
+    let http = reqwest::Client::new();
+    let post = |path: String, token: Option<String>, body: Value| {
+        let request = http.post(format!("{}{path}", server.http())).json(&body);
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move {
+            let response = request.send().await.expect("send");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let gpu0 = format!("{WALLET}-h100rig-gpu0");
+    let suspend = format!("/api/v1/admin/miners/{gpu0}/suspend");
+    let reason = json!({ "reason": "tampered model files" });
+    let (status, body) = post(suspend.clone(), None, reason.clone()).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("unauthorized"))
+    );
+    let (status, _) = post(suspend.clone(), Some(token.clone()), reason.clone()).await;
+    assert_eq!(status, 401, "a miner token is not an admin token");
+    let (status, _) = post(
+        "/api/v1/admin/slashes".to_owned(),
+        None,
+        json!({ "address": WALLET, "fraction": 1.0, "reason": "x" }),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = post(
+        "/api/v1/admin/slashes".to_owned(),
+        Some(admin.clone()),
+        json!({ "address": WALLET, "fraction": 1.0, "points": 3.0, "reason": "x" }),
+    )
+    .await;
+    assert_eq!(status, 400, "points and fraction together: {body}");
+    let (status, _) = post(
+        format!("/api/v1/admin/miners/{WALLET}-nosuchrig-gpu0/suspend"),
+        Some(admin.clone()),
+        reason.clone(),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let (status, body) = post(suspend, Some(admin.clone()), reason).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["disconnected"], true);
+    let (code, why) = agent.closed(Duration::from_secs(10)).await;
+    assert_eq!(code, 4006);
+    assert!(why.contains("tampered model files"), "{why}");
+
+    // Back with the same token: the suspended GPU is left out, the others work.
+    let (_agent, welcome) = {
+        let mut agent = RawAgent::connect(&server.ws()).await.expect("connect");
+        agent
+            .send(&AgentMessage::Hello(h100_hello(&token)))
+            .await
+            .expect("hello");
+        match agent.next(Duration::from_secs(10)).await {
+            Frame::Message(CoordinatorMessage::Welcome(welcome)) => (agent, welcome),
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    };
+    let ids: Vec<&str> = welcome.slots.iter().map(|s| s.miner_id.as_str()).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(!ids.contains(&gpu0.as_str()));
+    let miner = get(&server, &format!("/api/v1/miners/{gpu0}")).await;
+    assert_eq!(miner["suspension"]["reason"], "tampered model files");
+    assert_eq!(miner["online"], false);
+
+    let (status, _) = post(
+        format!("/api/v1/admin/miners/{gpu0}/unsuspend"),
+        Some(admin),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let miner = get(&server, &format!("/api/v1/miners/{gpu0}")).await;
+    assert_eq!(miner["suspension"], Value::Null);
+}
+
+on_both_databases!(admins_suspend_and_slash_and_no_one_else);

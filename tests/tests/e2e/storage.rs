@@ -77,10 +77,7 @@ async fn synthetic_job_objects(backend: Backend, store: ObjectStore) {
     server.wait_slots(1).await;
     let client = server.client();
     let id = client
-        .submit_ok(
-            "synthetic-echo",
-            json!({ "output_bytes": 3000, "seed": 9 }),
-        )
+        .submit_ok("synthetic-echo", json!({ "output_bytes": 3000, "seed": 9 }))
         .await;
     let job = client.wait_final(&id, Duration::from_secs(30)).await;
     assert_eq!(job["status"], "completed", "{job}");
@@ -91,12 +88,21 @@ async fn synthetic_job_objects(backend: Backend, store: ObjectStore) {
     assert_eq!(input["model"], "synthetic-echo");
     assert_eq!(input["params"]["output_bytes"], 3000);
     let output: Value = serde_json::from_slice(&objects[2].1).expect("output json");
-    assert_eq!(output, job["output"], "the stored output is the one returned");
+    assert_eq!(
+        output, job["output"],
+        "the stored output is the one returned"
+    );
     let meta: Value = serde_json::from_slice(&objects[1].1).expect("meta json");
     assert_eq!(meta["job"], id.as_str());
     assert_eq!(meta["attempt"], 1);
-    assert_eq!(meta["objects"]["output.json"]["sha256"], sha256(&objects[2].1));
-    assert_eq!(meta["objects"]["input.json"]["sha256"], sha256(&objects[0].1));
+    assert_eq!(
+        meta["objects"]["output.json"]["sha256"],
+        sha256(&objects[2].1)
+    );
+    assert_eq!(
+        meta["objects"]["input.json"]["sha256"],
+        sha256(&objects[0].1)
+    );
     assert!(meta["server_latency_ms"].as_u64().is_some());
 }
 
@@ -222,14 +228,20 @@ async fn an_outage_loses_nothing(backend: Backend, store: ObjectStore) {
         let client = client.clone();
         async move {
             client
-                .submit_ok("synthetic-echo", json!({ "output_bytes": 100 + i, "seed": i }))
+                .submit_ok(
+                    "synthetic-echo",
+                    json!({ "output_bytes": 100 + i, "seed": i }),
+                )
                 .await
         }
     }))
     .await;
     for id in &ids {
         let job = client.wait_final(id, Duration::from_secs(30)).await;
-        assert_eq!(job["status"], "completed", "jobs complete while S3 is down: {job}");
+        assert_eq!(
+            job["status"], "completed",
+            "jobs complete while S3 is down: {job}"
+        );
     }
     let status = server
         .wait_status("30 spooled objects", |s| {
@@ -252,7 +264,11 @@ async fn an_outage_loses_nothing(backend: Backend, store: ObjectStore) {
         .await;
     for id in &ids {
         let objects = objects_of(&server, &admin, id).await;
-        assert_eq!(names(&objects), ["input.json", "meta.json", "output.json"], "{id}");
+        assert_eq!(
+            names(&objects),
+            ["input.json", "meta.json", "output.json"],
+            "{id}"
+        );
     }
 }
 
