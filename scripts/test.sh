@@ -10,6 +10,10 @@
 # PostgreSQL: with INFERMINE_TEST_POSTGRES_URL set, the tests use that server; otherwise this
 # starts one with scripts/pg-test.sh and removes it afterwards. INFERMINE_TEST_NO_POSTGRES=1
 # runs without PostgreSQL (its tests are skipped).
+#
+# External S3: likewise with INFERMINE_TEST_S3_ENDPOINT (plus _ACCESS_KEY and _SECRET_KEY), or
+# a throw-away s3s-fs server from scripts/s3-test.sh (built once into .dev/tools);
+# INFERMINE_TEST_NO_EXTERNAL_S3=1 skips those runs (the embedded S3 server is always tested).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +28,9 @@ finish() {
   local rc=$?
   if [[ -n ${pg_dir:-} ]]; then
     scripts/pg-test.sh stop "$pg_dir" || true
+  fi
+  if [[ -n ${s3_dir:-} ]]; then
+    scripts/s3-test.sh stop "$s3_dir" || true
   fi
   if [[ $rc == 0 ]]; then
     section "tests passed in $((SECONDS - started)) s"
@@ -51,6 +58,20 @@ else
   INFERMINE_TEST_POSTGRES_URL=$(INFERMINE_PG_TEST_DIR=$pg_dir scripts/pg-test.sh)
   export INFERMINE_TEST_POSTGRES_URL
   echo "INFERMINE_TEST_POSTGRES_URL=$INFERMINE_TEST_POSTGRES_URL" >&2
+fi
+
+section "external S3"
+if [[ -n ${INFERMINE_TEST_S3_ENDPOINT:-} ]]; then
+  echo "using INFERMINE_TEST_S3_ENDPOINT from the environment" >&2
+elif [[ -n ${INFERMINE_TEST_NO_EXTERNAL_S3:-} ]]; then
+  echo "INFERMINE_TEST_NO_EXTERNAL_S3 is set: external S3 tests will be skipped" >&2
+else
+  s3_dir=$(mktemp -d "${TMPDIR:-/tmp}/infermine-s3.XXXXXX")
+  INFERMINE_TEST_S3_ENDPOINT=$(INFERMINE_S3_TEST_DIR=$s3_dir scripts/s3-test.sh)
+  # The credentials scripts/s3-test.sh starts its server with.
+  export INFERMINE_TEST_S3_ENDPOINT INFERMINE_TEST_S3_ACCESS_KEY=infermine-test \
+    INFERMINE_TEST_S3_SECRET_KEY=infermine-test-secret
+  echo "INFERMINE_TEST_S3_ENDPOINT=$INFERMINE_TEST_S3_ENDPOINT" >&2
 fi
 
 # --workspace would override a -p/--package given here, so it is added only without one.
