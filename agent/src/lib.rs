@@ -37,6 +37,7 @@ mod error;
 mod gpu;
 mod link;
 mod slots;
+pub mod upload;
 
 use std::future::Future;
 use std::sync::Arc;

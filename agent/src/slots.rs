@@ -15,6 +15,7 @@ use infermine_protocol::{GpuInfo, JobAssignment, JobId, JobOutput, Metrics};
 use tokio::sync::mpsc;
 
 use crate::engine::{self, CancelToken, Engine, EngineError, EngineEvent};
+use crate::upload::{UploadError, Uploader};
 
 /// What a slot reports to the link.
 #[derive(Debug)]
@@ -76,6 +77,7 @@ impl Slots {
                 engines: HashMap::new(),
                 events: events.clone(),
                 running: Arc::clone(&running),
+                uploader: None,
             };
             // Detached: a worker ends by itself once its queue is empty and closed.
             std::thread::Builder::new()
@@ -158,6 +160,9 @@ struct Worker {
     engines: HashMap<String, Box<dyn Engine>>,
     events: mpsc::Sender<SlotEvent>,
     running: Running,
+    /// Made on the first image job (on this thread: a blocking client must not be built
+    /// inside the async runtime).
+    uploader: Option<Uploader>,
 }
 
 impl Worker {
@@ -198,9 +203,36 @@ impl Worker {
             metrics.load_ms = millis_since(load_start);
         }
         let infer_start = Instant::now();
-        let output = self.infer(job, &queued.cancel)?;
+        let mut output = self.infer(job, &queued.cancel)?;
         metrics.infer_ms = millis_since(infer_start);
+        if let Some(url) = &job.upload_url
+            && matches!(
+                output,
+                JobOutput::Image {
+                    png_b64: Some(_),
+                    ..
+                }
+            )
+        {
+            let upload_start = Instant::now();
+            match self.offload(&output, url) {
+                Ok(offloaded) => {
+                    output = offloaded;
+                    metrics.upload_ms = millis_since(upload_start);
+                }
+                // The coordinator also takes the PNG inline; slower, but the job is not lost.
+                Err(e) => tracing::warn!(job = %job.id, "{e}; sending the image inline"),
+            }
+        }
         Ok((output, metrics))
+    }
+
+    fn offload(&mut self, output: &JobOutput, url: &str) -> Result<JobOutput, UploadError> {
+        let uploader = match &self.uploader {
+            Some(uploader) => uploader,
+            None => self.uploader.insert(Uploader::new()?),
+        };
+        uploader.offload(output.clone(), url)
     }
 
     fn infer(

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use futures_util::future::join_all;
 use infermine_protocol::{
     AgentMessage, CoordinatorMessage, DeviceKind, GpuInfo, Hello, JobOutput, JobResult, Metrics,
@@ -166,28 +167,34 @@ async fn image_uploaded_to_a_presigned_url(backend: Backend, store: ObjectStore)
             .clone()
             .expect("an image job comes with an upload URL");
         last_url.clone_from(&url);
-        let put = http
-            .put(&url)
-            .body(png.clone())
-            .send()
-            .await
-            .expect("upload");
-        assert!(put.status().is_success(), "upload: {}", put.status());
         let claimed = if attempt == 1 {
             sha256(b"some other image")
         } else {
             sha256(&png)
         };
+        // What an engine returns, moved to the URL by the agent's own uploader.
+        let inline = JobOutput::Image {
+            width: 1024,
+            height: 1024,
+            size_bytes: png.len() as u64,
+            sha256: claimed,
+            png_b64: Some(base64::engine::general_purpose::STANDARD.encode(&png)),
+        };
+        let output = tokio::task::spawn_blocking(move || {
+            let uploader = infermine_agent::upload::Uploader::new().expect("uploader");
+            uploader.offload(inline, &url)
+        })
+        .await
+        .expect("upload task")
+        .expect("upload");
+        assert!(
+            matches!(&output, JobOutput::Image { png_b64: None, .. }),
+            "the PNG left the result"
+        );
         agent
             .send(&AgentMessage::Result(JobResult {
                 job: job.id,
-                output: JobOutput::Image {
-                    width: 1024,
-                    height: 1024,
-                    size_bytes: png.len() as u64,
-                    sha256: claimed,
-                    png_b64: None,
-                },
+                output,
                 metrics: Metrics::default(),
             }))
             .await
@@ -201,11 +208,26 @@ async fn image_uploaded_to_a_presigned_url(backend: Backend, store: ObjectStore)
     assert_eq!(names(&objects), ["input.json", "meta.json", "output.png"]);
     assert_eq!(objects[2].1, png, "the PNG is the agent's upload");
 
-    // A presigned URL is good for its one object: re-aimed at another key, it is refused.
+    // A presigned URL is good for its one object: re-aimed at another key, it is refused,
+    // and the agent's uploader says so.
     let forged = last_url.replace("/output.png?", "/other.png?");
     assert_ne!(forged, last_url);
-    let refused = http.put(&forged).body(png).send().await.expect("send");
+    let refused = http
+        .put(&forged)
+        .body(png.clone())
+        .send()
+        .await
+        .expect("send");
     assert_eq!(refused.status(), 403, "a re-aimed presigned URL");
+    let err = tokio::task::spawn_blocking(move || {
+        infermine_agent::upload::Uploader::new()
+            .expect("uploader")
+            .put(&forged, png)
+    })
+    .await
+    .expect("upload task")
+    .expect_err("refused");
+    assert!(err.to_string().contains("HTTP 403"), "{err}");
 }
 
 async fn an_outage_loses_nothing(backend: Backend, store: ObjectStore) {
