@@ -26,6 +26,17 @@ const DAY_MS: i64 = 86_400_000;
 const MAX_PAGE: u64 = 200;
 const DEFAULT_PAGE: u64 = 50;
 
+/// A page size from the query: 1–200, 50 when absent.
+fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::InvalidRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    Ok(limit)
+}
+
 fn wallet_param(address: &str) -> Result<String, ApiError> {
     normalize_wallet(address).map_err(|e| ApiError::InvalidRequest(e.to_string()))
 }
@@ -249,12 +260,7 @@ fn page_filter(
     query: &PageQuery,
     entry: Option<EntryKind>,
 ) -> Result<EntryFilter, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::InvalidRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = page_limit(query.limit)?;
     let before_id = match &query.cursor {
         None => None,
         Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {
@@ -465,12 +471,7 @@ pub async fn leaderboard(
             )));
         }
     };
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::InvalidRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = page_limit(query.limit)?;
     let rows = ledger::leaderboard(&state.db, query.kind, since, limit).await?;
     Ok(Json(Leaderboard {
         kind: query.kind,

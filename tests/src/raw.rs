@@ -76,10 +76,13 @@ impl RawAgent {
 
     /// Connects and completes the hello; fails if the coordinator does not welcome us.
     pub async fn join(base: &str, token: &str, devices: u32) -> anyhow::Result<(Self, Welcome)> {
+        Self::join_with(base, hello(token, devices)).await
+    }
+
+    /// [`RawAgent::join`] with a hello of the test's making (other devices or models).
+    pub async fn join_with(base: &str, hello: Hello) -> anyhow::Result<(Self, Welcome)> {
         let mut agent = Self::connect(base).await?;
-        agent
-            .send(&AgentMessage::Hello(hello(token, devices)))
-            .await?;
+        agent.send(&AgentMessage::Hello(hello)).await?;
         match agent.next(Duration::from_secs(10)).await {
             Frame::Message(CoordinatorMessage::Welcome(welcome)) => Ok((agent, welcome)),
             other => anyhow::bail!("expected a welcome, got {other:?}"),

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::StorageError;
+use crate::auth::write_private;
 
 /// How long open requests may take to finish once the server is told to stop.
 const GRACE: Duration = Duration::from_secs(5);
@@ -194,23 +195,4 @@ fn load_or_generate(path: &Path) -> Result<(String, String), StorageError> {
     std::fs::rename(&tmp, path).map_err(io_error("cannot write the S3 credentials"))?;
     tracing::info!(path = %path.display(), "generated the embedded S3 server's key pair");
     Ok((pair.access_key, pair.secret_key))
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(data)?;
-    file.sync_all()
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, data)
 }

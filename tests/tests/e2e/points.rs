@@ -127,15 +127,9 @@ async fn seven_models_earn_by_the_seed(backend: Backend) {
     // One NFT boosts 3 GPUs by ×1.1 (the default table); the rig has 4.
     import_nfts(&server, 1).await;
     let token = server.miner_token("h100rig").await;
-    let mut agent = RawAgent::connect(&server.ws()).await.expect("connect");
-    agent
-        .send(&AgentMessage::Hello(h100_hello(&token)))
+    let (mut agent, _) = RawAgent::join_with(&server.ws(), h100_hello(&token))
         .await
-        .expect("hello");
-    assert!(matches!(
-        agent.next(Duration::from_secs(10)).await,
-        Frame::Message(CoordinatorMessage::Welcome(_))
-    ));
+        .expect("join");
 
     let client = server.client();
     let mut expected_base: HashMap<String, (&str, i64)> = HashMap::new();
@@ -282,15 +276,9 @@ async fn balances_stay_exact_under_concurrency(backend: Backend) {
         .await
         .expect("admin token");
     let token = server.miner_token("h100rig").await;
-    let mut agent = RawAgent::connect(&server.ws()).await.expect("connect");
-    agent
-        .send(&AgentMessage::Hello(h100_hello(&token)))
+    let (mut agent, _) = RawAgent::join_with(&server.ws(), h100_hello(&token))
         .await
-        .expect("hello");
-    assert!(matches!(
-        agent.next(Duration::from_secs(10)).await,
-        Frame::Message(CoordinatorMessage::Welcome(_))
-    ));
+        .expect("join");
     let client = server.client();
     let chat = json!({ "messages": [{ "role": "user", "content": "hi" }] });
     let ids: Vec<String> = futures_util::future::join_all(
@@ -412,17 +400,9 @@ async fn admins_suspend_and_slash_and_no_one_else(backend: Backend) {
         .await
         .expect("admin token");
     let token = server.miner_token("h100rig").await;
-    let (mut agent, welcome) = {
-        let mut agent = RawAgent::connect(&server.ws()).await.expect("connect");
-        agent
-            .send(&AgentMessage::Hello(h100_hello(&token)))
-            .await
-            .expect("hello");
-        match agent.next(Duration::from_secs(10)).await {
-            Frame::Message(CoordinatorMessage::Welcome(welcome)) => (agent, welcome),
-            other => panic!("expected a welcome, got {other:?}"),
-        }
-    };
+    let (mut agent, welcome) = RawAgent::join_with(&server.ws(), h100_hello(&token))
+        .await
+        .expect("join");
     assert_eq!(welcome.slots.len(), 4);
     let http = reqwest::Client::new();
     let post = |path: String, token: Option<String>, body: Value| {
@@ -480,17 +460,9 @@ async fn admins_suspend_and_slash_and_no_one_else(backend: Backend) {
     assert!(why.contains("tampered model files"), "{why}");
 
     // Back with the same token: the suspended GPU is left out, the others work.
-    let (_agent, welcome) = {
-        let mut agent = RawAgent::connect(&server.ws()).await.expect("connect");
-        agent
-            .send(&AgentMessage::Hello(h100_hello(&token)))
-            .await
-            .expect("hello");
-        match agent.next(Duration::from_secs(10)).await {
-            Frame::Message(CoordinatorMessage::Welcome(welcome)) => (agent, welcome),
-            other => panic!("expected a welcome, got {other:?}"),
-        }
-    };
+    let (_agent, welcome) = RawAgent::join_with(&server.ws(), h100_hello(&token))
+        .await
+        .expect("join");
     let ids: Vec<&str> = welcome.slots.iter().map(|s| s.miner_id.as_str()).collect();
     assert_eq!(ids.len(), 3);
     assert!(!ids.contains(&gpu0.as_str()));

@@ -130,15 +130,9 @@ async fn image_uploaded_to_a_presigned_url(backend: Backend, store: ObjectStore)
     let server = TestServer::start_with(&backend, |c| store.apply(c)).await;
     let admin = admin_token(&server).await;
     let token = server.miner_token("imagerig").await;
-    let mut agent = RawAgent::connect(&server.ws()).await.expect("connect");
-    agent
-        .send(&AgentMessage::Hello(image_rig(&token)))
+    let (mut agent, _) = RawAgent::join_with(&server.ws(), image_rig(&token))
         .await
-        .expect("hello");
-    assert!(matches!(
-        agent.next(Duration::from_secs(10)).await,
-        Frame::Message(CoordinatorMessage::Welcome(_))
-    ));
+        .expect("join");
     let client = server.client();
     let id = client
         .submit_ok(
