@@ -1,0 +1,214 @@
+//! The admin side of the portal API: slashing wallets and suspending GPUs (admin JWT).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{Amount, wallet_param};
+use crate::AppState;
+use crate::error::{ApiError, ApiJson, ErrorBody};
+use crate::ledger::{self, Slash, SlashAmount};
+use crate::miners;
+use crate::points::{MicroPoints, PointsKind};
+use crate::wallet::AdminSession;
+
+/// `POST /api/v1/admin/slashes` body. Give exactly one of `points` and `fraction`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlashRequest {
+    pub address: String,
+    /// Which points; both kinds when absent.
+    pub kind: Option<PointsKind>,
+    /// Points to take (at most the balance).
+    pub points: Option<f64>,
+    /// Share of the balance to take, in (0, 1].
+    pub fraction: Option<f64>,
+    /// Shown to the miner in the portal.
+    pub reason: String,
+    /// The anti-cheat case this punishes; the same case slashes a wallet's kind only once.
+    pub case_id: Option<Uuid>,
+    /// The GPU the case is about, if any.
+    pub miner_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SlashOutcome {
+    pub kind: PointsKind,
+    /// Points taken (0 when the balance was empty or the case had already slashed).
+    pub amount: Amount,
+    /// False when the same case had already slashed this wallet and kind.
+    pub recorded: bool,
+    pub balance_after: Amount,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SlashResponse {
+    pub address: String,
+    pub slashes: Vec<SlashOutcome>,
+}
+
+/// Takes points from a wallet as a ledger debit with a reason (admin).
+#[utoipa::path(post, path = "/api/v1/admin/slashes", tag = "admin", request_body = SlashRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "slashed, or already slashed for this case", body = SlashResponse),
+        (status = 400, description = "bad address, amount or reason", body = ErrorBody),
+        (status = 401, description = "no valid admin token", body = ErrorBody),
+        (status = 403, description = "a wallet session token, not an admin's", body = ErrorBody)))]
+pub async fn admin_slash(
+    State(state): State<AppState>,
+    admin: AdminSession,
+    ApiJson(request): ApiJson<SlashRequest>,
+) -> Result<Json<SlashResponse>, ApiError> {
+    let wallet = wallet_param(&request.address)?;
+    let amount = match (request.points, request.fraction) {
+        (Some(p), None) if p.is_finite() && p > 0.0 => {
+            SlashAmount::Micro((p * 1e6).round() as MicroPoints)
+        }
+        (None, Some(f)) if f.is_finite() && f > 0.0 && f <= 1.0 => SlashAmount::Fraction(f),
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "give exactly one of `points` (> 0) and `fraction` (in (0, 1])".to_owned(),
+            ));
+        }
+    };
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(ApiError::InvalidRequest(
+            "reason must be 1-500 characters: the miner sees it".to_owned(),
+        ));
+    }
+    let kinds = match request.kind {
+        Some(kind) => vec![kind],
+        None => vec![PointsKind::Waifu, PointsKind::Llama],
+    };
+    let mut slashes = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        let slashed = ledger::slash(
+            &state.db,
+            &Slash {
+                wallet: wallet.clone(),
+                kind,
+                amount,
+                reason: reason.to_owned(),
+                case_id: request.case_id,
+                miner_id: request.miner_id.clone(),
+                by: admin.name.clone(),
+            },
+        )
+        .await?;
+        tracing::warn!(%wallet, kind = kind.as_str(), amount = slashed.amount, admin = %admin.name, reason, "slashed");
+        slashes.push(SlashOutcome {
+            kind,
+            amount: slashed.amount.into(),
+            recorded: slashed.recorded,
+            balance_after: slashed.balance_after.into(),
+        });
+    }
+    Ok(Json(SlashResponse {
+        address: wallet,
+        slashes,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuspendRequest {
+    /// Shown to the miner.
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SuspendResponse {
+    pub miner_id: String,
+    pub suspended: bool,
+    /// Whether a connected session was closed.
+    pub disconnected: bool,
+}
+
+/// Stops a GPU from getting work: its session is closed (code 4006 with the reason) and it is
+/// refused until unsuspended (admin).
+#[utoipa::path(post, path = "/api/v1/admin/miners/{miner_id}/suspend", tag = "admin",
+    params(("miner_id" = String, Path, description = "`<wallet>-<rig>-gpu<N>`")),
+    request_body = SuspendRequest, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "suspended", body = SuspendResponse),
+        (status = 400, description = "bad reason", body = ErrorBody),
+        (status = 401, description = "no valid admin token", body = ErrorBody),
+        (status = 403, description = "a wallet session token, not an admin's", body = ErrorBody),
+        (status = 404, description = "no such miner", body = ErrorBody)))]
+pub async fn admin_suspend(
+    State(state): State<AppState>,
+    admin: AdminSession,
+    Path(miner_id): Path<String>,
+    ApiJson(request): ApiJson<SuspendRequest>,
+) -> Result<Json<SuspendResponse>, ApiError> {
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.len() > 200 {
+        return Err(ApiError::InvalidRequest(
+            "reason must be 1-200 characters: the miner sees it".to_owned(),
+        ));
+    }
+    if !miners::set_suspended(&state.db, &miner_id, Some(reason)).await? {
+        return Err(no_miner(&miner_id));
+    }
+    tracing::warn!(%miner_id, admin = %admin.name, reason, "miner suspended");
+    let disconnected = match state.online.session_of(&miner_id) {
+        Some((_, sender)) => sender
+            .send(crate::dispatch::Outbound::Close(
+                infermine_protocol::CloseCode::Suspended,
+                format!("suspended: {reason}"),
+            ))
+            .await
+            .is_ok(),
+        None => false,
+    };
+    Ok(Json(SuspendResponse {
+        miner_id,
+        suspended: true,
+        disconnected,
+    }))
+}
+
+/// Lets a suspended GPU connect and work again (admin).
+#[utoipa::path(post, path = "/api/v1/admin/miners/{miner_id}/unsuspend", tag = "admin",
+    params(("miner_id" = String, Path, description = "`<wallet>-<rig>-gpu<N>`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "no longer suspended", body = SuspendResponse),
+        (status = 401, description = "no valid admin token", body = ErrorBody),
+        (status = 403, description = "a wallet session token, not an admin's", body = ErrorBody),
+        (status = 404, description = "no such miner", body = ErrorBody)))]
+pub async fn admin_unsuspend(
+    State(state): State<AppState>,
+    admin: AdminSession,
+    Path(miner_id): Path<String>,
+) -> Result<Json<SuspendResponse>, ApiError> {
+    if !miners::set_suspended(&state.db, &miner_id, None).await? {
+        return Err(no_miner(&miner_id));
+    }
+    tracing::info!(%miner_id, admin = %admin.name, "miner unsuspended");
+    Ok(Json(SuspendResponse {
+        miner_id,
+        suspended: false,
+        disconnected: false,
+    }))
+}
+
+fn no_miner(miner_id: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "no miner `{miner_id}` has connected to this coordinator"
+    ))
+}
+
+/// The admin routes.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(admin_slash))
+        .routes(routes!(admin_suspend))
+        .routes(routes!(admin_unsuspend))
+}
