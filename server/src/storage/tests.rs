@@ -217,7 +217,9 @@ async fn presigned_put_uploads_without_credentials_until_it_expires() {
             .presign_put(late, Duration::from_secs(1))
             .expect("presign");
         tokio::time::sleep(Duration::from_millis(2_100)).await;
-        assert_eq!(put(short, "late").await, 403);
+        // Refused: 403 from AWS and s3s, 400 from Garage.
+        let status = put(short, "late").await;
+        assert!(matches!(status, 400 | 403), "an expired URL got {status}");
         assert_eq!(storage.get(late).await.expect("get"), None);
 
         for bad in [Duration::ZERO, Duration::from_secs(8 * 24 * 3600)] {
