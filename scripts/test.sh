@@ -69,8 +69,8 @@ else
   s3_dir=$(mktemp -d "${TMPDIR:-/tmp}/infermine-s3.XXXXXX")
   INFERMINE_TEST_S3_ENDPOINT=$(INFERMINE_S3_TEST_DIR=$s3_dir scripts/s3-test.sh)
   # The credentials scripts/s3-test.sh starts its server with.
-  export INFERMINE_TEST_S3_ENDPOINT INFERMINE_TEST_S3_ACCESS_KEY=infermine-test \
-    INFERMINE_TEST_S3_SECRET_KEY=infermine-test-secret
+  export INFERMINE_TEST_S3_ENDPOINT INFERMINE_TEST_S3_ACCESS_KEY=GK0123456789abcdef01234567 \
+    INFERMINE_TEST_S3_SECRET_KEY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
   echo "INFERMINE_TEST_S3_ENDPOINT=$INFERMINE_TEST_S3_ENDPOINT" >&2
 fi
 
