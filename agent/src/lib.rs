@@ -36,6 +36,7 @@ pub mod engine;
 mod error;
 mod gpu;
 mod link;
+pub mod models;
 mod slots;
 pub mod upload;
 

@@ -6,6 +6,7 @@
 //! [`CancelToken`] between steps. [`create`] maps a model id to its engine; only the
 //! synthetic test engine exists so far.
 
+pub mod llm;
 mod synthetic;
 
 use std::sync::Arc;
