@@ -32,6 +32,26 @@ pub enum Command {
     /// Connect this machine's GPUs to a coordinator and run the jobs it sends, until stopped
     /// (SIGTERM or ctrl-c finish the running jobs first).
     Run(RunArgs),
+    /// Manage model folders.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+/// `infermine-agent models …`
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Write a demo model (tiny, random weights: it produces gibberish) into OUT/ID/, as a
+    /// Hugging Face folder the agent serves like a downloaded model. Deterministic: the
+    /// coordinator's registry pins the SHA-256 of its files.
+    Synth {
+        /// Demo model id (tiny-llama, tiny-mistral, tiny-mixtral, tiny-mixtral-gptq), or
+        /// `all`; repeat for several.
+        #[arg(long = "model", value_name = "ID", required = true)]
+        models: Vec<String>,
+        /// Models folder to write into (the agent's --models-dir).
+        #[arg(long, value_name = "DIR", default_value = "models")]
+        out: PathBuf,
+    },
 }
 
 /// Options of `infermine-agent run`. Each may also come from its environment variable or, by
@@ -78,6 +98,12 @@ pub struct RunArgs {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
 
+    /// Folder of model folders: model ID is read from DIR/ID/ (its Hugging Face files, checked
+    /// against the coordinator's SHA-256 manifest at start). Default: ./models.
+    #[arg(long, env = "INFERMINE_AGENT_MODELS_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models_dir: Option<PathBuf>,
+
     /// Longest wait between reconnection attempts, in seconds. Default: 60.
     #[arg(long, env = "INFERMINE_AGENT_MAX_BACKOFF_S", value_name = "SECONDS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -108,6 +134,7 @@ struct RawConfig {
     token: Option<String>,
     token_file: Option<PathBuf>,
     models: Vec<String>,
+    models_dir: PathBuf,
     max_backoff_s: u64,
     cpu_slots: u32,
     name: Option<String>,
@@ -121,6 +148,7 @@ impl Default for RawConfig {
             token: None,
             token_file: None,
             models: vec![engine::SYNTHETIC_ECHO.to_owned()],
+            models_dir: PathBuf::from("models"),
             max_backoff_s: 60,
             cpu_slots: 1,
             name: None,
@@ -155,8 +183,10 @@ pub struct AgentConfig {
     pub coordinator: String,
     /// The miner token sent in the hello.
     pub token: String,
-    /// Models to announce and serve; each is one of [`engine::SUPPORTED_MODELS`].
+    /// Models to announce and serve: built-ins, or folders in `models_dir`.
     pub models: Vec<String>,
+    /// Where model folders live (`<models_dir>/<id>/`).
+    pub models_dir: PathBuf,
     pub max_backoff: Duration,
     /// CPU slots to register when no NVIDIA GPU is usable.
     pub cpu_slots: u32,
@@ -172,6 +202,7 @@ impl fmt::Debug for AgentConfig {
             .field("coordinator", &self.coordinator)
             .field("token", &"<redacted>")
             .field("models", &self.models)
+            .field("models_dir", &self.models_dir)
             .field("max_backoff", &self.max_backoff)
             .field("cpu_slots", &self.cpu_slots)
             .field("name", &self.name)
@@ -229,7 +260,7 @@ impl AgentConfig {
         let coordinator = normalize_coordinator_url(&coordinator)
             .map_err(|why| invalid("coordinator", format!("`{coordinator}`: {why}")))?;
         let token = resolve_token(raw.token, raw.token_file.as_deref())?;
-        let models = validate_models(raw.models)?;
+        let models = validate_models(raw.models, &raw.models_dir)?;
         if raw.max_backoff_s == 0 {
             return Err(invalid("max_backoff_s", "must be at least 1 second"));
         }
@@ -240,6 +271,7 @@ impl AgentConfig {
             coordinator,
             token,
             models,
+            models_dir: raw.models_dir,
             max_backoff: Duration::from_secs(raw.max_backoff_s),
             cpu_slots: raw.cpu_slots,
             name: raw.name.filter(|n| !n.trim().is_empty()),
@@ -273,30 +305,22 @@ fn resolve_token(token: Option<String>, token_file: Option<&Path>) -> Result<Str
     Ok(token)
 }
 
-fn validate_models(models: Vec<String>) -> Result<Vec<String>, ConfigError> {
+fn validate_models(models: Vec<String>, models_dir: &Path) -> Result<Vec<String>, ConfigError> {
     let mut out: Vec<String> = Vec::with_capacity(models.len());
     for model in models {
         let model = model.trim().to_owned();
         if model.is_empty() || out.contains(&model) {
             continue;
         }
-        if !engine::is_supported(&model) {
-            return Err(invalid(
-                "models",
-                format!(
-                    "model `{model}` is not supported by this agent; supported: {}",
-                    engine::SUPPORTED_MODELS.join(", ")
-                ),
-            ));
-        }
+        engine::check_available(&model, models_dir).map_err(|why| invalid("models", why))?;
         out.push(model);
     }
     if out.is_empty() {
         return Err(invalid(
             "models",
             format!(
-                "no model to serve: pass --model ID (supported: {})",
-                engine::SUPPORTED_MODELS.join(", ")
+                "no model to serve: pass --model ID (a folder in --models-dir, or built-in: {})",
+                engine::BUILTIN_MODELS.join(", ")
             ),
         ));
     }
@@ -413,7 +437,20 @@ mod tests {
         bad_model.models = vec!["gpt-5".into()];
         let err = AgentConfig::load(&bad_model).expect_err("unknown model");
         assert!(err.to_string().starts_with("models: "), "{err}");
-        assert!(err.to_string().contains(engine::SYNTHETIC_ECHO), "{err}");
+        assert!(
+            err.to_string().contains("models/gpt-5"),
+            "names the folder: {err}"
+        );
+        assert!(err.to_string().contains("download"), "{err}");
+
+        let mut demo = args();
+        demo.models = vec!["tiny-llama".into()];
+        demo.models_dir = Some(PathBuf::from("/nonexistent"));
+        let err = AgentConfig::load(&demo).expect_err("demo model not written yet");
+        assert!(
+            err.to_string().contains("models synth --model tiny-llama"),
+            "{err}"
+        );
 
         let mut no_token = args();
         no_token.token = None;

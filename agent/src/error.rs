@@ -28,6 +28,9 @@ pub enum AgentError {
     Suspended { reason: String },
     #[error("could not start the slot workers: {0}")]
     Start(#[source] std::io::Error),
+    /// A model's files do not match the registry (or its manifest is unavailable).
+    #[error("{0}")]
+    Integrity(#[from] crate::models::IntegrityError),
 }
 
 impl AgentError {
@@ -50,7 +53,7 @@ impl AgentError {
     /// errors, 2 when the token is refused, 3 for a protocol mismatch, 4 when suspended.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) | Self::Start(_) => 1,
+            Self::Config(_) | Self::Start(_) | Self::Integrity(_) => 1,
             Self::Unauthorized { .. } => 2,
             Self::IncompatibleProtocol { .. } => 3,
             Self::Suspended { .. } => 4,

@@ -40,6 +40,7 @@ pub mod models;
 mod slots;
 pub mod upload;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -80,15 +81,20 @@ pub async fn run_agent_with_devices(
     devices: Devices,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    if let Some(model) = config.models.iter().find(|m| !engine::is_supported(m)) {
-        return Err(AgentError::Config(ConfigError::Invalid {
-            field: "models",
-            message: format!(
-                "model `{model}` is not supported by this agent; supported: {}",
-                engine::SUPPORTED_MODELS.join(", ")
-            ),
-        }));
+    for model in &config.models {
+        engine::check_available(model, &config.models_dir).map_err(|message| {
+            AgentError::Config(ConfigError::Invalid {
+                field: "models",
+                message,
+            })
+        })?;
     }
+    let digests = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || verify_models(&config))
+            .await
+            .map_err(|e| AgentError::Start(std::io::Error::other(e)))??
+    };
     tracing::info!(
         coordinator = %config.coordinator,
         name = config.name.as_deref().unwrap_or("-"),
@@ -102,9 +108,11 @@ pub async fn run_agent_with_devices(
         let _ = stop_tx.send(true);
     });
     let (events_tx, mut events_rx) = mpsc::channel(SLOT_EVENTS_CAPACITY);
-    let slots = slots::Slots::start(devices.infos(), events_tx).map_err(AgentError::Start)?;
+    let slots = slots::Slots::start(devices.infos(), events_tx, &config.models_dir)
+        .map_err(AgentError::Start)?;
     let link = link::Link {
         config: &config,
+        digests: &digests,
         devices: Arc::new(devices),
         slots: &slots,
         events: &mut events_rx,
@@ -113,6 +121,23 @@ pub async fn run_agent_with_devices(
     let result = link.run().await;
     watcher.abort();
     result
+}
+
+/// Checks the files of every model with files against the coordinator's manifest, before
+/// the agent announces them. Returns each model's manifest digest for the hello.
+fn verify_models(config: &AgentConfig) -> Result<HashMap<String, String>, AgentError> {
+    let mut digests = HashMap::new();
+    for model in &config.models {
+        if engine::BUILTIN_MODELS.contains(&model.as_str()) {
+            continue;
+        }
+        let dir = engine::model_dir(&config.models_dir, model);
+        let manifest = models::fetch_manifest(&config.coordinator, model)?;
+        tracing::info!(model, files = manifest.files.len(), "verifying model files");
+        let digest = models::verify(&dir, &manifest)?;
+        digests.insert(model.clone(), digest);
+    }
+    Ok(digests)
 }
 
 /// Resolves on SIGTERM or ctrl-c (SIGINT), whichever comes first.

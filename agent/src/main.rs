@@ -6,6 +6,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use infermine_agent::config::ModelsCommand;
+use infermine_agent::engine::llm::synth::{DEMO_MODELS, synth as synth_model};
 use infermine_agent::{AgentConfig, Cli, Command, run_agent, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
@@ -18,7 +20,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Models(ModelsCommand::Synth { models, out }) => return synth(&models, &out),
+    };
     let config = match AgentConfig::load(&args) {
         Ok(config) => config,
         Err(e) => {
@@ -43,4 +48,26 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// `models synth`: writes each requested demo model and says where.
+fn synth(models: &[String], out: &std::path::Path) -> ExitCode {
+    let ids: Vec<&str> = if models.iter().any(|m| m == "all") {
+        DEMO_MODELS.to_vec()
+    } else {
+        models.iter().map(String::as_str).collect()
+    };
+    for id in ids {
+        match synth_model(id, out) {
+            Ok(dir) => tracing::info!(
+                "wrote demo model {id} (random weights) to {}",
+                dir.display()
+            ),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -67,6 +68,7 @@ impl Slots {
     pub(crate) fn start(
         devices: &[GpuInfo],
         events: mpsc::Sender<SlotEvent>,
+        models_dir: &Path,
     ) -> std::io::Result<Self> {
         let running = Running::default();
         let mut senders = HashMap::new();
@@ -78,6 +80,7 @@ impl Slots {
                 events: events.clone(),
                 running: Arc::clone(&running),
                 uploader: None,
+                models_dir: models_dir.to_owned(),
             };
             // Detached: a worker ends by itself once its queue is empty and closed.
             std::thread::Builder::new()
@@ -163,6 +166,8 @@ struct Worker {
     /// Made on the first image job (on this thread: a blocking client must not be built
     /// inside the async runtime).
     uploader: Option<Uploader>,
+    /// Where model folders live (`<models_dir>/<id>/`).
+    models_dir: PathBuf,
 }
 
 impl Worker {
@@ -198,7 +203,7 @@ impl Worker {
         }
         let load_start = Instant::now();
         if !self.engines.contains_key(&job.model) {
-            let engine = engine::create(&job.model, &self.device)?;
+            let engine = engine::create(&job.model, &self.device, &self.models_dir)?;
             self.engines.insert(job.model.clone(), engine);
             metrics.load_ms = millis_since(load_start);
         }
@@ -317,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn a_busy_slot_queues_and_reports_the_wait() {
         let (tx, mut events) = mpsc::channel(64);
-        let slots = Slots::start(Devices::cpu(1).infos(), tx).expect("start");
+        let slots = Slots::start(Devices::cpu(1).infos(), tx, Path::new("models")).expect("start");
         let (first, second) = (job(0, 100), job(0, 0));
         let second_id = second.id;
         slots.submit(first, Instant::now()).expect("first");
@@ -333,7 +338,7 @@ mod tests {
     #[tokio::test]
     async fn cancelled_jobs_end_as_cancelled_and_unknown_slots_are_refused() {
         let (tx, mut events) = mpsc::channel(64);
-        let slots = Slots::start(Devices::cpu(2).infos(), tx).expect("start");
+        let slots = Slots::start(Devices::cpu(2).infos(), tx, Path::new("models")).expect("start");
         let long = job(1, 60_000);
         let id = long.id;
         slots.submit(long, Instant::now()).expect("submit");

@@ -56,8 +56,8 @@ fn bad_configuration_is_refused_at_start_with_the_fix() {
         stderr(&unknown_model)
     );
     assert!(
-        stderr(&unknown_model).contains("synthetic-echo"),
-        "lists what is supported: {}",
+        stderr(&unknown_model).contains("models/gpt-5"),
+        "names the folder it looked in: {}",
         stderr(&unknown_model)
     );
 

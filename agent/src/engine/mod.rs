@@ -3,12 +3,14 @@
 //!
 //! An engine runs on its slot's own OS thread and may block for as long as the job takes
 //! (real engines run libtorch there). It streams tokens through a callback and polls a
-//! [`CancelToken`] between steps. [`create`] maps a model id to its engine; only the
-//! synthetic test engine exists so far.
+//! [`CancelToken`] between steps. [`create`] maps a model id to its engine: the built-in
+//! synthetic test engine, or the [`llm`] engine for a Hugging Face model folder in the models
+//! directory.
 
 pub mod llm;
 mod synthetic;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -19,11 +21,39 @@ pub use synthetic::{SyntheticEngine, synthetic_bytes};
 /// Model id of the synthetic engine: deterministic bytes after a delay.
 pub const SYNTHETIC_ECHO: &str = "synthetic-echo";
 
-/// Every model id this build can serve.
-pub const SUPPORTED_MODELS: &[&str] = &[SYNTHETIC_ECHO];
+/// Models built into the agent, served without files.
+pub const BUILTIN_MODELS: &[&str] = &[SYNTHETIC_ECHO];
 
-pub fn is_supported(model: &str) -> bool {
-    SUPPORTED_MODELS.contains(&model)
+/// Where the files of `model` live: `<models_dir>/<model>/`.
+pub fn model_dir(models_dir: &Path, model: &str) -> PathBuf {
+    models_dir.join(model)
+}
+
+/// Whether this agent can serve `model`: a built-in, or a model folder with a `config.json`.
+/// Says why not, with the fix.
+pub fn check_available(model: &str, models_dir: &Path) -> Result<(), String> {
+    if BUILTIN_MODELS.contains(&model) {
+        return Ok(());
+    }
+    if model.contains(['/', '\\']) || model.starts_with('.') {
+        return Err(format!("`{model}` is not a model id (ids have no slashes)"));
+    }
+    let dir = model_dir(models_dir, model);
+    if dir.join("config.json").is_file() {
+        return Ok(());
+    }
+    let demo = if llm::synth::DEMO_MODELS.contains(&model) {
+        format!(
+            "; it is a demo model: `infermine-agent models synth --model {model} --out {}` writes it",
+            models_dir.display()
+        )
+    } else {
+        String::new()
+    };
+    Err(format!(
+        "model `{model}` has no folder with a config.json at {}: download the model's files there{demo}",
+        dir.display()
+    ))
 }
 
 /// Something an engine reports while it works.
@@ -91,13 +121,18 @@ pub trait Engine: Send {
 
 /// Loads the engine for `model` on `device`. Called on the slot's thread the first time the
 /// slot sees the model; the time it takes is reported as `load_ms`.
-/// Real engines will pin their weights to `_device`; the synthetic one needs none.
-pub fn create(model: &str, _device: &GpuInfo) -> Result<Box<dyn Engine>, EngineError> {
-    match model {
-        SYNTHETIC_ECHO => Ok(Box::new(SyntheticEngine)),
-        other => Err(EngineError::Agent(format!(
-            "model `{other}` is not supported by this agent (supported: {})",
-            SUPPORTED_MODELS.join(", ")
-        ))),
+pub fn create(
+    model: &str,
+    device: &GpuInfo,
+    models_dir: &Path,
+) -> Result<Box<dyn Engine>, EngineError> {
+    if model == SYNTHETIC_ECHO {
+        return Ok(Box::new(SyntheticEngine));
     }
+    check_available(model, models_dir).map_err(EngineError::Agent)?;
+    let (torch_device, dtype) = llm::placement(device);
+    let engine = llm::LlmEngine::load(&model_dir(models_dir, model), torch_device, dtype)
+        .map_err(|e| EngineError::Agent(format!("cannot load model `{model}`: {e}")))?;
+    tracing::info!(model, device = ?torch_device, "model loaded");
+    Ok(Box::new(engine))
 }

@@ -8,6 +8,7 @@ mod socket_tests;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// What the link borrows from the agent for its whole life.
 pub(crate) struct Link<'a> {
     pub(crate) config: &'a AgentConfig,
+    /// Manifest digest of each verified model with files.
+    pub(crate) digests: &'a HashMap<String, String>,
     pub(crate) devices: Arc<Devices>,
     pub(crate) slots: &'a Slots,
     pub(crate) events: &'a mut mpsc::Receiver<SlotEvent>,
@@ -47,7 +50,7 @@ pub(crate) struct Link<'a> {
 impl Link<'_> {
     /// Keeps a session with the coordinator up until shutdown (`Ok`) or a refusal (`Err`).
     pub(crate) async fn run(mut self) -> Result<(), AgentError> {
-        let hello = hello(self.config, &self.devices);
+        let hello = hello(self.config, &self.devices, self.digests);
         let mut backoff = Backoff::new(INITIAL_BACKOFF, self.config.max_backoff);
         loop {
             let started = Instant::now();
@@ -112,7 +115,7 @@ impl Link<'_> {
     }
 }
 
-fn hello(config: &AgentConfig, devices: &Devices) -> Hello {
+fn hello(config: &AgentConfig, devices: &Devices, digests: &HashMap<String, String>) -> Hello {
     Hello {
         protocol: PROTOCOL_VERSION,
         agent_version: AGENT_VERSION.to_owned(),
@@ -123,7 +126,7 @@ fn hello(config: &AgentConfig, devices: &Devices) -> Hello {
             .iter()
             .map(|id| ModelInfo {
                 id: id.clone(),
-                sha256: String::new(),
+                sha256: digests.get(id).cloned().unwrap_or_default(),
             })
             .collect(),
     }

@@ -130,10 +130,11 @@ fn agent() -> Agent {
     let config = AgentConfig::new("ws://127.0.0.1:1", "miner-token").expect("valid config");
     let devices = Devices::cpu(1);
     let (events_tx, events) = mpsc::channel(64);
-    let slots = Slots::start(devices.infos(), events_tx).expect("slots");
+    let slots =
+        Slots::start(devices.infos(), events_tx, std::path::Path::new("models")).expect("slots");
     let (stop_tx, stop_rx) = watch::channel(false);
     Agent {
-        hello: super::hello(&config, &devices),
+        hello: super::hello(&config, &devices, &std::collections::HashMap::new()),
         devices: Arc::new(devices),
         slots,
         events,

@@ -405,7 +405,7 @@ mod tests {
         assert_eq!(got, PINNED_SEED7);
     }
 
-    const PINNED_SEED7: [u32; 12] = [0; 12];
+    const PINNED_SEED7: [u32; 12] = [0, 1, 2, 2, 2, 1, 0, 2, 1, 2, 1, 1];
 
     #[test]
     fn top_k_one_and_tiny_top_p_are_greedy() {
