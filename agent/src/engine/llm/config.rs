@@ -206,7 +206,7 @@ impl ModelConfig {
         }
         let head_dim = match raw.head_dim {
             Some(dim) => positive(dim, "head_dim")?,
-            None if raw.hidden_size % num_heads == 0 => raw.hidden_size / num_heads,
+            None if raw.hidden_size.is_multiple_of(num_heads) => raw.hidden_size / num_heads,
             None => {
                 return Err(format!(
                     "hidden_size {} is not a multiple of num_attention_heads {num_heads} and no head_dim is given",

@@ -39,7 +39,7 @@ impl GptqLinear {
         device: Device,
         dtype: Kind,
     ) -> Result<Self, LlmError> {
-        if in_features % 8 != 0 || out_features % 8 != 0 {
+        if !in_features.is_multiple_of(8) || !out_features.is_multiple_of(8) {
             return Err(LlmError::Torch(format!(
                 "`{prefix}` is {out_features}×{in_features}; 4-bit packing needs both multiples of 8"
             )));

@@ -416,11 +416,11 @@ impl Transformer {
                 &cache.values[i],
                 mask.as_ref(),
             );
-            x = x + attended;
+            x += attended;
             let normed = self.rms_norm(&x, &layer.post_norm);
             let h = self.config.hidden_size as i64;
             let mixed = layer.mlp.forward(&normed.view([t, h])).view([1, t, h]);
-            x = x + mixed;
+            x += mixed;
         }
         cache.len += t;
         let x = if all { x } else { x.narrow(1, t - 1, 1) };

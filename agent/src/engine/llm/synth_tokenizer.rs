@@ -71,6 +71,10 @@ const MODEL_MAX_LENGTH: u32 = 8192;
 /// Byte-level BPE starts from one token per byte value.
 const BYTE_TOKENS: usize = 256;
 
+/// The most BPE tokens (bytes plus merges) [`CORPUS`] yields: every word is one token by
+/// then. Larger vocabularies are padded with reserved special tokens.
+pub const CORPUS_BPE_TOKENS: usize = 1473;
+
 /// The training text: fixed, so the tokenizer is too. Mostly English, with accents, CJK,
 /// Cyrillic, Greek and emoji so that multi-byte sequences get merges of their own.
 const CORPUS: &str = "\
@@ -166,8 +170,9 @@ fn synth_error(what: &str, e: impl std::fmt::Display) -> TextError {
 
 /// Builds the synthetic tokenizer of `style` with exactly `vocab_size` ids (at least
 /// [`ChatStyle::min_vocab_size`]): byte tokens, BPE merges learned from the built-in corpus,
-/// the style's special tokens, then reserved special tokens when the corpus has no more
-/// merges to give. Deterministic: the same bytes on every run and machine.
+/// the style's special tokens, then reserved special tokens (`<|reserved_special_token_N|>`)
+/// for whatever the corpus cannot fill (it yields [`CORPUS_BPE_TOKENS`] BPE tokens at most).
+/// Deterministic: the same bytes on every run and machine.
 pub fn synth_tokenizer(style: ChatStyle, vocab_size: usize) -> Result<SynthTokenizer, TextError> {
     let specials = style.special_tokens();
     let min = style.min_vocab_size();
@@ -330,20 +335,29 @@ fn deterministic_prefix(tokenizer: &Trainable) -> Result<Option<usize>, TextErro
     .map_err(|e| synth_error("reading the trained model", e))?;
     let merges = json["model"]["merges"]
         .as_array()
-        .ok_or_else(|| synth_error("reading the trained model", "no merges list"))?;
+        .ok_or_else(|| synth_error("reading the trained model", "no merges list"))?
+        .iter()
+        .map(|m| match (m[0].as_str(), m[1].as_str()) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            _ => Err(synth_error("reading the trained model", m)),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(first_reuse(&merges))
+}
+
+/// The vocabulary size (byte tokens plus merged ones) reached before the first merge, in
+/// rank order, whose result is already a token.
+fn first_reuse(merges: &[(&str, &str)]) -> Option<usize> {
     let mut known: HashSet<String> = ByteLevel::alphabet()
         .into_iter()
         .map(String::from)
         .collect();
-    for merge in merges {
-        let (Some(a), Some(b)) = (merge[0].as_str(), merge[1].as_str()) else {
-            return Err(synth_error("reading the trained model", merge));
-        };
+    for (a, b) in merges {
         if !known.insert(format!("{a}{b}")) {
-            return Ok(Some(known.len()));
+            return Some(known.len());
         }
     }
-    Ok(None)
+    None
 }
 
 #[cfg(test)]
@@ -384,6 +398,22 @@ mod tests {
                 let added = json["added_tokens"].as_array().expect("added").len();
                 assert_eq!(model + added, vocab);
             }
+        }
+    }
+
+    #[test]
+    fn training_stops_before_a_merge_that_recreates_a_token() {
+        assert_eq!(first_reuse(&[("a", "b"), ("b", "c"), ("ab", "c")]), None);
+        // "abc" from "a"+"bc" after "ab"+"c": the vocabulary then held 256 + 3 tokens.
+        assert_eq!(
+            first_reuse(&[("a", "b"), ("b", "c"), ("ab", "c"), ("a", "bc"), ("c", "d")]),
+            Some(259)
+        );
+        // The built-in corpus never gets there, so no vocabulary is cut short by it.
+        for style in [ChatStyle::Llama3, ChatStyle::ChatMl] {
+            let trained = train(style, 4096).expect("trains");
+            assert_eq!(deterministic_prefix(&trained).expect("reads"), None);
+            assert_eq!(trained.get_vocab_size(false), CORPUS_BPE_TOKENS);
         }
     }
 

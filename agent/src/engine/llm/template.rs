@@ -675,6 +675,61 @@ mod tests {
     }
 
     #[test]
+    fn llama31_style_constructs_render_like_jinja2() {
+        // The constructs of the Llama 3.1/3.2 templates: `-` whitespace control,
+        // `is defined`, `strftime_now is defined`, slicing, `in` on a message, `tools is not
+        // none` (tools is passed as None), `~`, loop controls. Expected text from jinja2 3.1
+        // with the transformers environment.
+        let template = compile(
+            r#"{{- bos_token }}
+{%- if not date_string is defined %}
+    {%- if strftime_now is defined %}
+        {%- set date_string = strftime_now("%d %b %Y") %}
+    {%- else %}
+        {%- set date_string = "26 Jul 2024" %}
+    {%- endif %}
+{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "[SYS " + date_string + "]" + system_message }}
+{%- if tools is not none %}{{ raise_exception("tools given") }}{% endif %}
+{%- for message in messages %}
+    {%- if loop.index0 > 2 %}{% break %}{% endif %}
+    {%- if 'tool_calls' in message %}
+        {{- raise_exception("no tool calls") }}
+    {%- elif message.role == 'user' %}
+        {{- '\n<U>' + message.content|trim -}}
+    {%- else %}
+        {{- '\n<A>' ~ message['content'] ~ eos_token }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '\n<A>' }}
+{%- endif %}
+"#,
+        );
+        let conversation = [
+            msg("system", "  Be brief.\n"),
+            msg("user", " Hi "),
+            msg("assistant", "Hello"),
+            msg("user", "Bye"),
+            msg("assistant", "never shown"),
+        ];
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_722_000_000);
+        let text = template
+            .render_at(&conversation, &tokens("<s>", "</s>"), true, now)
+            .expect("renders");
+        assert_eq!(
+            text,
+            "<s>[SYS 26 Jul 2024]Be brief.\n<U>Hi\n<A>Hello</s>\n<U>Bye\n<A>"
+        );
+    }
+
+    #[test]
     fn python_string_methods_work() {
         let template = compile(
             "{% for m in messages %}{{ m['role'].title() }}: {{ m['content'].strip() }}|{{ m.content.upper().split()|join('_') }}\n{% endfor %}",

@@ -624,6 +624,14 @@ pub(crate) mod tests {
     const MIXED: &str = "naïve café 東京 🙂 — the quick brown fox, Ünïcödé ü€𝄞 and done.";
 
     #[test]
+    fn the_text_side_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<TextTokenizer>();
+        shared::<ChatTemplate>();
+        shared::<super::super::sampling::Sampler>();
+    }
+
+    #[test]
     fn llama3_style_loads_and_round_trips() {
         let (_dir, tok, synth) = load(ChatStyle::Llama3, 600, "llama3");
         assert_eq!(tok.vocab_size(), 600);
