@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs infermine on this machine: a coordinator with SQLite in .dev/data and one local agent
-# serving synthetic-echo, checked end to end with a demo job.
+# serving the demo LLMs (tiny random-weight models of the real architectures, written by
+# `infermine-agent models synth` into .dev/models) and synthetic-echo, checked end to end with
+# a demo chat completion.
 #
 #   scripts/dev.sh up              # set up, build, start, run a demo job; Ctrl-C stops both
 #   scripts/dev.sh up --detach     # the same, but returns and leaves them running
@@ -26,7 +28,9 @@ unset INFERMINE_CONFIG INFERMINE_DATA_DIR INFERMINE_DATABASE_URL INFERMINE_JWT_S
 
 demo_wallet=0x5aeda56215b167893e80b4fe645ba6d5bab767de
 demo_name=demo
-model=synthetic-echo
+# The agent serves these; the demo job and the printed examples use the first.
+demo_models=(tiny-llama tiny-mistral tiny-mixtral tiny-mixtral-gptq)
+model=${demo_models[0]}
 listen=${INFERMINE_LISTEN:-127.0.0.1:8080}
 profile=${INFERMINE_DEV_PROFILE:-debug}
 
@@ -148,29 +152,26 @@ if cmd == "wait-health":
             pass
         time.sleep(0.2)
     sys.exit(2)
-elif cmd == "demo-job":
-    key, model, agent_pid = sys.argv[3], sys.argv[4], sys.argv[5]
-    status, text = call("POST", base + "/v1/jobs", key, {"model": model, "params": {"output_bytes": 64, "delay_ms": 5}})
-    if status != 202:
-        print(f"POST /v1/jobs answered {status}: {text}", file=sys.stderr)
-        sys.exit(4 if status == 401 else 1)
-    job_id = json.loads(text)["id"]
-    print(f"dev: submitted job {job_id}; waiting for the agent to run it", file=sys.stderr)
-    deadline = time.time() + 120
+elif cmd == "wait-slots":
+    agent_pid, deadline = sys.argv[3], time.time() + float(sys.argv[4])
     while time.time() < deadline:
-        status, text = call("GET", f"{base}/v1/jobs/{job_id}?wait=2", key)
-        if status != 200:
-            print(f"GET /v1/jobs/{job_id} answered {status}: {text}", file=sys.stderr)
-            sys.exit(1)
-        view = json.loads(text)
-        if view["status"] in ("completed", "failed", "cancelled"):
-            print(json.dumps(view, indent=2))
-            sys.exit(0 if view["status"] == "completed" else 1)
         if not alive(agent_pid):
-            print("the agent exited before running the job", file=sys.stderr)
             sys.exit(3)
-    print(f"job {job_id} did not finish within 120 s", file=sys.stderr)
+        status, text = call("GET", base + "/v1/status", timeout=2)
+        if status == 200 and json.loads(text).get("slots", 0) > 0:
+            sys.exit(0)
+        time.sleep(0.2)
     sys.exit(2)
+elif cmd == "demo-job":
+    key, model = sys.argv[3], sys.argv[4]
+    body = {"model": model, "max_tokens": 24, "seed": 1,
+            "messages": [{"role": "user", "content": "Hello! Who are you?"}]}
+    print(f"dev: asking {model} for a chat completion", file=sys.stderr)
+    status, text = call("POST", base + "/v1/chat/completions", key, body, timeout=130)
+    if status != 200:
+        print(f"POST /v1/chat/completions answered {status}: {text}", file=sys.stderr)
+        sys.exit(4 if status == 401 else 1)
+    print(json.dumps(json.loads(text), indent=2, ensure_ascii=False))
 PY
 }
 
@@ -241,13 +242,24 @@ up() {
   fi
   say "coordinator up at $base (pid $(cat "$dev/server.pid"))"
 
+  # Deterministic files: the registry pins their SHA-256, and the agent checks them at start.
+  "$agent_bin" models synth --out "$dev/models" $(printf -- '--model %s ' "${demo_models[@]}") \
+    2>>"$dev/setup.log" || { show_log "$dev/setup.log"; die "could not write the demo models"; }
+  say "demo models (random weights) in .dev/models: ${demo_models[*]}"
   launch agent "$agent_bin" run --coordinator "ws://$host:$port" --token-file "$dev/miner.token" \
-    --model "$model" --name "$demo_name"
+    --models-dir "$dev/models" $(printf -- '--model %s ' synthetic-echo "${demo_models[@]}") \
+    --name "$demo_name"
   say "agent started (pid $(cat "$dev/agent.pid"))"
+  rc=0
+  http wait-slots "$base" "$(cat "$dev/agent.pid")" 60 || rc=$?
+  if [[ $rc != 0 ]]; then
+    show_log "$dev/agent.log"
+    die "the agent did not register with the coordinator (log above, in .dev/agent.log)"
+  fi
 
   section "demo job"
   rc=0
-  http demo-job "$base" "$key" "$model" "$(cat "$dev/agent.pid")" || rc=$?
+  http demo-job "$base" "$key" "$model" || rc=$?
   if [[ $rc != 0 ]]; then
     show_log "$dev/agent.log"
     show_log "$dev/server.log"
@@ -280,19 +292,20 @@ banner() {
   cat <<EOF
 
 ────────────────────────────────────────────────────────────────────────
- infermine is running: coordinator + 1 agent ($model, wallet $demo_wallet)
+ infermine is running: coordinator + 1 agent (wallet $demo_wallet), serving
+ ${demo_models[*]} (demo models: random weights, gibberish answers) and synthetic-echo
 
  Base URL   $base
  API key    $key   (kept in .dev/api.key)
  Logs       .dev/server.log   .dev/agent.log
 
- Submit a job, then fetch its result (waits up to 30 s):
+ A chat completion (add "stream": true for server-sent events):
 
-   id=\$(curl -sS -X POST $base/v1/jobs \\
+   curl -sS $base/v1/chat/completions \\
      -H 'Authorization: Bearer $key' -H 'Content-Type: application/json' \\
-     -d '{"model":"$model","params":{"output_bytes":64,"delay_ms":5}}' \\
-     | sed -E 's/.*"id":"([^"]+)".*/\1/')
-   curl -sS "$base/v1/jobs/\$id?wait=30" -H 'Authorization: Bearer $key'
+     -d '{"model":"$model","messages":[{"role":"user","content":"Hi!"}],"max_tokens":32}'
+
+ Or with the openai package:  OpenAI(base_url="$base/v1", api_key="$key")
 
 ────────────────────────────────────────────────────────────────────────
 EOF

@@ -14,6 +14,9 @@
 # External S3: likewise with INFERMINE_TEST_S3_ENDPOINT (plus _ACCESS_KEY and _SECRET_KEY), or
 # a throw-away s3s-fs server from scripts/s3-test.sh (built once into .dev/tools);
 # INFERMINE_TEST_NO_EXTERNAL_S3=1 skips those runs (the embedded S3 server is always tested).
+#
+# The OpenAI-compatibility test runs the official `openai` Python client, installed once into
+# .dev/pyclient (or the Python that INFERMINE_TEST_PYTHON names, with INFERMINE_TEST_PYTHONPATH).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -72,6 +75,19 @@ else
   export INFERMINE_TEST_S3_ENDPOINT INFERMINE_TEST_S3_ACCESS_KEY=GK0123456789abcdef01234567 \
     INFERMINE_TEST_S3_SECRET_KEY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
   echo "INFERMINE_TEST_S3_ENDPOINT=$INFERMINE_TEST_S3_ENDPOINT" >&2
+fi
+
+section "openai Python client (for the OpenAI-compatibility test)"
+# The official client, installed once into .dev/pyclient (pip --target: no venv package needed).
+OPENAI_CLIENT_VERSION=3.57.0
+if [[ -z ${INFERMINE_TEST_PYTHON:-} ]]; then
+  pyclient="$root/.dev/pyclient"
+  if ! PYTHONPATH=$pyclient python3 -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_CLIENT_VERSION')" 2>/dev/null; then
+    rm -rf "$pyclient"
+    python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --root-user-action=ignore --target "$pyclient" "openai==$OPENAI_CLIENT_VERSION"
+  fi
+  export INFERMINE_TEST_PYTHON=python3 INFERMINE_TEST_PYTHONPATH=$pyclient
+  echo "openai $OPENAI_CLIENT_VERSION in $pyclient" >&2
 fi
 
 # --workspace would override a -p/--package given here, so it is added only without one.

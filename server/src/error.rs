@@ -1,6 +1,7 @@
-//! The consumer API's error: an HTTP status, a stable snake_case code and a message a caller
-//! can act on, answered as `{"error": {"code", "message"}}`. Internal failures are logged with
-//! their detail and answered as a bare 500.
+//! The API's error: an HTTP status, a stable snake_case code and a message a caller can act
+//! on, answered in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, on every
+//! route, so OpenAI clients read them (the native routes answer the same shape). Internal
+//! failures are logged with their detail and answered as a bare 500.
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
@@ -18,10 +19,24 @@ pub enum ApiError {
     Forbidden(String),
     #[error("model `{0}` does not exist; GET /v1/models lists the available models")]
     ModelNotFound(String),
+    /// A well-formed body whose params do not fit the model (422, the native jobs API).
     #[error("{message}")]
-    InvalidParams { code: &'static str, message: String },
+    InvalidParams {
+        code: &'static str,
+        message: String,
+        /// The parameter at fault, e.g. `params.steps`.
+        param: Option<String>,
+    },
     #[error("{0}")]
     InvalidRequest(String),
+    /// A request parameter refused with 400, as the OpenAI-compatible routes answer.
+    #[error("{message}")]
+    BadParam {
+        code: &'static str,
+        message: String,
+        /// The parameter at fault, e.g. `messages[1].content` or `n`.
+        param: Option<String>,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -30,6 +45,19 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The job ran and failed on the agents (502: the upstream of this API failed).
+    #[error("{0}")]
+    JobFailed(String),
+    /// No agent took the job in time (503: try again later).
+    #[error("{0}")]
+    Unavailable(String),
+    /// An agent took the job but no result came in time (504).
+    #[error("{0}")]
+    Timeout(String),
+    /// The coordinator is shutting down and stops waiting (503: retry against another
+    /// replica, or once it is back).
+    #[error("{0}")]
+    ShuttingDown(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -41,10 +69,13 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::InvalidParams { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest(_) | Self::BadParam { .. } => StatusCode::BAD_REQUEST,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::JobFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::Unavailable(_) | Self::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -54,13 +85,58 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::ModelNotFound(_) => "model_not_found",
-            Self::InvalidParams { code, .. } => code,
+            Self::InvalidParams { code, .. } | Self::BadParam { code, .. } => code,
             Self::InvalidRequest(_) => "invalid_request",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::JobFailed(_) => "job_failed",
+            Self::Unavailable(_) => "no_agent_available",
+            Self::Timeout(_) => "job_timeout",
+            Self::ShuttingDown(_) => "shutting_down",
             Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The OpenAI error type: the broad class a client branches on.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Unauthorized(_) => "authentication_error",
+            Self::Forbidden(_) => "permission_error",
+            Self::ModelNotFound(_) | Self::NotFound(_) => "not_found_error",
+            Self::InvalidParams { .. }
+            | Self::InvalidRequest(_)
+            | Self::BadParam { .. }
+            | Self::Conflict(_)
+            | Self::PayloadTooLarge
+            | Self::UnsupportedMediaType(_) => "invalid_request_error",
+            Self::JobFailed(_)
+            | Self::Unavailable(_)
+            | Self::Timeout(_)
+            | Self::ShuttingDown(_)
+            | Self::Internal(_) => "server_error",
+        }
+    }
+
+    /// The request parameter at fault, when one is.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            Self::ModelNotFound(_) => Some("model"),
+            Self::InvalidParams { param, .. } | Self::BadParam { param, .. } => param.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The body this error answers with.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.to_string(),
+                kind: self.error_type(),
+                param: self.param().map(str::to_owned),
+                code: self.code(),
+            },
         }
     }
 }
@@ -71,7 +147,8 @@ impl From<DbError> for ApiError {
     }
 }
 
-/// What every failed request answers: `{"error": {"code", "message"}}`.
+/// What every failed request answers: `{"error": {"message", "type", "param", "code"}}`,
+/// OpenAI's error shape.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
@@ -79,14 +156,26 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable and snake_case, for programs: `unauthorized`, `forbidden`, `not_found`,
-    /// `model_not_found`, `invalid_request`, `invalid_params` (or a more precise code for a
-    /// rejected parameter, such as `invalid_address`), `conflict`, `payload_too_large`,
-    /// `unsupported_media_type`, `rate_limited`, `internal`.
-    #[schema(example = "invalid_request")]
-    pub code: &'static str,
     /// For people: what was wrong and how to fix it.
     pub message: String,
+    /// The class of error, as OpenAI names them: `invalid_request_error`,
+    /// `authentication_error`, `permission_error`, `not_found_error`, `rate_limit_error`,
+    /// `server_error`.
+    #[serde(rename = "type")]
+    #[schema(example = "invalid_request_error")]
+    pub kind: &'static str,
+    /// The request parameter at fault (e.g. `model`, `messages[0].content`,
+    /// `params.steps`), or null.
+    #[schema(required = true)]
+    pub param: Option<String>,
+    /// Stable and snake_case, for programs: `unauthorized`, `forbidden`, `not_found`,
+    /// `model_not_found`, `invalid_request`, `invalid_params` (or a more precise code for a
+    /// rejected parameter, such as `param_out_of_range`, `unsupported_parameter` or
+    /// `invalid_address`), `conflict`, `payload_too_large`, `unsupported_media_type`,
+    /// `rate_limited`, `job_failed`, `no_agent_available`, `job_timeout`, `shutting_down`,
+    /// `internal`.
+    #[schema(example = "invalid_request")]
+    pub code: &'static str,
 }
 
 impl IntoResponse for ApiError {
@@ -94,13 +183,7 @@ impl IntoResponse for ApiError {
         if let Self::Internal(detail) = &self {
             tracing::error!(%detail, "request failed");
         }
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code(),
-                message: self.to_string(),
-            },
-        };
-        (self.status(), axum::Json(body)).into_response()
+        (self.status(), axum::Json(self.body())).into_response()
     }
 }
 
@@ -124,3 +207,29 @@ impl From<JsonRejection> for ApiError {
 #[derive(Debug, axum::extract::FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn errors_carry_openai_type_and_param() {
+        let body =
+            serde_json::to_value(ApiError::ModelNotFound("gpt-9".into()).body()).expect("json");
+        assert_eq!(body["error"]["type"], "not_found_error");
+        assert_eq!(body["error"]["param"], "model");
+        assert_eq!(body["error"]["code"], "model_not_found");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("gpt-9"))
+        );
+        let body =
+            serde_json::to_value(ApiError::Unauthorized("no key".into()).body()).expect("json");
+        assert_eq!(body["error"]["type"], "authentication_error");
+        assert!(
+            body["error"]["param"].is_null(),
+            "param is present, as null"
+        );
+    }
+}

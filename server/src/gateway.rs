@@ -1,8 +1,8 @@
 //! The agent gateway: `GET /v1/agent/ws`. One session per connected agent, always the same
 //! shape: wait for `hello`, check the miner token and protocol version, register the agent's
 //! slots with the dispatcher, then run a writer task (frames from the dispatcher and the
-//! lifecycle, plus heartbeats) beside a reader loop (results, failures, heartbeats) until
-//! either ends. Every way out tells the dispatcher, which requeues the agent's jobs.
+//! lifecycle, plus heartbeats) beside a reader loop (tokens, results, failures, heartbeats)
+//! until either ends. Every way out tells the dispatcher, which requeues the agent's jobs.
 //!
 //! The session core is generic over the socket's halves so tests can drive it with channels.
 
@@ -444,8 +444,14 @@ fn handle(
                 )
             });
         }
+        AgentMessage::Token { job, index, text } => {
+            // Inline, not spawned: tokens must keep their order, and passing one on never
+            // waits (a slow consumer lags instead).
+            if !jobs.token(session, job, index, text) {
+                tracing::trace!(%session, %job, index, "token not passed on");
+            }
+        }
         AgentMessage::Accepted { .. }
-        | AgentMessage::Token { .. }
         | AgentMessage::Heartbeat { .. }
         | AgentMessage::Proof { .. } => {}
     }

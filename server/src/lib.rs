@@ -9,9 +9,10 @@
 //! 2. The dispatcher, sole owner of agent slots, queues and leases, pairs the job with an idle
 //!    slot that may run the model (fastest recent latency first) and hands the pair back to the
 //!    lifecycle ([`jobs`]), which records the lease and pushes the job frame to the agent.
-//! 3. The agent's [`gateway`] session turns its frames into lifecycle calls: a result is
-//!    checked, stored and completes the job (waking long-polling consumers); a failure, a
-//!    disconnect or an expired lease sends the job back to the queue, up to `max_attempts`.
+//! 3. The agent's [`gateway`] session turns its frames into lifecycle calls: streamed tokens
+//!    go to the consumers streaming the job; a result is checked, stored and completes the job
+//!    (waking long-polling and streaming consumers); a failure, a disconnect or an expired
+//!    lease sends the job back to the queue, up to `max_attempts`.
 //! 4. At start-up, leases left by a previous run are void and every queued job is queued
 //!    again, so no job is lost to a restart.
 //!
@@ -19,7 +20,9 @@
 //! [`openapi`] document (served at `/openapi.json`, browsable at `/docs`, committed as
 //! `openapi/openapi.json`) lists exactly what is served:
 //!
-//! - consumers ([`jobs::api`]): `GET /v1/models`, `POST /v1/jobs`, `GET`/`DELETE /v1/jobs/{id}`;
+//! - consumers ([`jobs::api`]): `POST /v1/jobs`, `GET`/`DELETE /v1/jobs/{id}`;
+//! - OpenAI-compatible ([`openai`]): `POST /v1/chat/completions` (JSON or server-sent events),
+//!   `GET /v1/models`, `GET /v1/models/{id}`; and for agents `GET /v1/models/{id}/files`;
 //! - agents ([`gateway`]): `GET /v1/agent/ws`, a WebSocket speaking `infermine-protocol`;
 //! - wallets ([`wallet`]): `POST /api/v1/auth/nonce` and `/verify`, `GET`/`POST
 //!   /api/v1/miner-tokens`, `DELETE /api/v1/miner-tokens/{id}`;
@@ -43,6 +46,7 @@ pub mod jobs;
 pub mod ledger;
 pub mod limits;
 pub mod miners;
+pub mod openai;
 pub mod openapi;
 pub mod points;
 pub mod portal;
@@ -92,7 +96,11 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     openapi::serve(routes())
         .fallback(|| async {
-            ApiError::NotFound("no such endpoint; see GET /v1/models and POST /v1/jobs".to_owned())
+            ApiError::NotFound(
+                "no such endpoint; see GET /v1/models, POST /v1/chat/completions and POST \
+                 /v1/jobs (GET /docs lists them all)"
+                    .to_owned(),
+            )
         })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
@@ -108,11 +116,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(healthz))
         .routes(routes!(status))
-        .routes(routes!(jobs::api::models))
         .routes(routes!(points::rules::rules))
         .routes(routes!(jobs::api::submit))
         .routes(routes!(jobs::api::get, jobs::api::cancel))
         .routes(routes!(gateway::upgrade))
+        .merge(openai::routes())
         .merge(portal::routes())
         .merge(wallet::routes())
         .merge(evidence::routes())

@@ -21,6 +21,8 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{ErrorBody, ErrorDetail};
+
 /// One limit: a sustained rate and the burst allowed on top of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,12 +208,14 @@ pub async fn limit(
 
 fn too_many(wait: Duration) -> Response {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let body = serde_json::json!({
-        "error": {
-            "code": "rate_limited",
-            "message": format!("too many requests; retry after {seconds} s"),
-        }
-    });
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message: format!("too many requests; retry after {seconds} s"),
+            kind: "rate_limit_error",
+            param: None,
+            code: "rate_limited",
+        },
+    };
     let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
     if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -298,5 +302,17 @@ mod tests {
         let response = too_many(Duration::from_millis(1_200));
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[tokio::test]
+    async fn refusals_are_shaped_like_openai_errors() {
+        let response = too_many(Duration::from_secs(1));
+        let bytes = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert_eq!(body["error"]["code"], "rate_limited");
+        assert!(body["error"]["param"].is_null());
     }
 }

@@ -30,12 +30,14 @@ pub const SPEC_PATH: &str = "/openapi.json";
 pub const DOCS_PATH: &str = "/docs";
 
 const DESCRIPTION: &str = "\
-The infermine coordinator: consumers submit inference jobs (`/v1/jobs`), miners' agents run \
-them over a WebSocket (`/v1/agent/ws`), and the portal shows points and manages miner tokens \
-(`/api/v1/…`).
+The infermine coordinator: consumers ask for chat completions through an OpenAI-compatible \
+API (`/v1/chat/completions`, `/v1/models`) or submit inference jobs of any kind (`/v1/jobs`), \
+miners' agents run them over a WebSocket (`/v1/agent/ws`), and the portal shows points and \
+manages miner tokens (`/api/v1/…`).
 
-Errors answer `{\"error\": {\"code\", \"message\"}}` (`ErrorBody`): `code` is stable and \
-snake_case, for programs; `message` says what to fix, for people.
+Errors answer in OpenAI's shape, `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}` \
+(`ErrorBody`): `code` is stable and snake_case, for programs; `type` is OpenAI's class of error; \
+`param` names the request field at fault, or is null; `message` says what to fix, for people.
 
 Amounts of points are given both as exact micro-points (1 point = 1,000,000) and as decimal \
 points for display.";
@@ -52,7 +54,9 @@ points for display.";
     modifiers(&BearerScheme),
     components(schemas(LlmParams, ImageParams, SyntheticParams)),
     tags(
-        (name = "jobs", description = "Consumers: the models, and jobs to run on them (API key)"),
+        (name = "openai", description = "Consumers: OpenAI-compatible chat completions (API key)"),
+        (name = "models", description = "The models served, and their files for agents: public"),
+        (name = "jobs", description = "Consumers: jobs of any model kind (API key)"),
         (name = "agent", description = "Miners' agents: the WebSocket they work over"),
         (name = "wallet", description = "Wallet sign-in and miner tokens"),
         (name = "portal", description = "Points, ledgers, miners, leaderboard and rules: public"),
@@ -73,7 +77,7 @@ impl Modify for BearerScheme {
             .description(Some(
                 "`Authorization: Bearer <token>`, where the token depends on the route:\n\
                  - consumer API keys (`imk_…`, from `infermine-server api-key create`) for \
-                 `/v1/jobs`;\n\
+                 `/v1/chat/completions` and `/v1/jobs`;\n\
                  - wallet session JWTs (from `POST /api/v1/auth/verify`, good for 24 hours) for \
                  `/api/v1/miner-tokens`;\n\
                  - admin JWTs (from `infermine-server admin-token`) for `/api/v1/admin/…`.\n\

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod raw;
+pub mod sse;
 
 /// The demo wallet tests mine for.
 pub const WALLET: &str = "0x5aeda56215b167893e80b4fe645ba6d5bab767de";

@@ -114,6 +114,10 @@ enum Command {
     },
     Drain,
     Snapshot(oneshot::Sender<Snapshot>),
+    Serving {
+        model: String,
+        reply: oneshot::Sender<usize>,
+    },
 }
 
 /// A cheap handle to the dispatcher task.
@@ -184,6 +188,17 @@ impl Dispatcher {
     pub async fn snapshot(&self) -> Snapshot {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Snapshot(tx));
+        rx.await.unwrap_or_default()
+    }
+
+    /// How many connected slots may run `model` (busy or not): zero tells a waiting consumer
+    /// that no agent serves the model, rather than that all of them are busy.
+    pub async fn serving(&self, model: &str) -> usize {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Serving {
+            model: model.to_owned(),
+            reply,
+        });
         rx.await.unwrap_or_default()
     }
 }
@@ -300,6 +315,14 @@ impl<S: AssignSink> State<S> {
                     queued: self.queues.values().map(VecDeque::len).sum(),
                     leased: self.leases.len(),
                 });
+            }
+            Command::Serving { model, reply } => {
+                let slots = self
+                    .slots
+                    .values()
+                    .filter(|slot| slot.models.iter().any(|(m, _)| *m == model))
+                    .count();
+                let _ = reply.send(slots);
             }
         }
     }

@@ -204,3 +204,17 @@ async fn cancelling_a_queued_job_removes_it_and_draining_stops_assignment() {
         "nothing is assigned while draining"
     );
 }
+
+#[tokio::test]
+async fn serving_counts_the_slots_that_may_run_a_model_busy_or_not() {
+    let (dispatcher, mut decisions) = start();
+    assert_eq!(dispatcher.serving("a").await, 0);
+    let (session, _frames) = agent(&dispatcher, &["a", "b"], 2);
+    let _other = agent(&dispatcher, &["b"], 1);
+    dispatcher.enqueue(job("a", 60_000));
+    assert!(matches!(next(&mut decisions).await, Decision::Assign(_, s, _) if s == session));
+    assert_eq!(dispatcher.serving("a").await, 2, "a busy slot still serves");
+    assert_eq!(dispatcher.serving("b").await, 3);
+    dispatcher.agent_left(session);
+    assert_eq!(dispatcher.serving("a").await, 0);
+}

@@ -1,5 +1,5 @@
-//! The native jobs API for consumers: submit, read (with long-poll), cancel; and the model
-//! list. Every route but `/v1/models` needs an API key (`Authorization: Bearer imk_…`).
+//! The native jobs API for consumers: submit, read (with long-poll), cancel. Every route needs
+//! an API key (`Authorization: Bearer imk_…`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::IntoResponse;
-use infermine_protocol::{JobOutput, JobParams, Metrics, ModelKind};
+use infermine_protocol::{JobOutput, JobParams, Metrics};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Ref, Schema, Type};
@@ -16,12 +16,13 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::Jobs;
-use super::live::Outcome;
+use super::live::{Follow, Outcome};
 use super::store::{self, JobRow, NewJob, Status};
 use crate::AppState;
 use crate::db::now_ms;
 use crate::dispatch::QueuedJob;
 use crate::error::{ApiError, ApiJson, ErrorBody};
+use crate::registry::Limits;
 
 /// The caller's verified API key id.
 #[derive(Debug, Clone, Copy)]
@@ -237,57 +238,18 @@ pub async fn cancel(
     Ok(axum::Json(state.jobs.cancel(key, id).await?))
 }
 
+/// The field serde names in a params error (`missing field `width``, `unknown field
+/// `colour``), so the error can point at it.
+fn serde_field(error: &serde_json::Error) -> Option<String> {
+    let message = error.to_string();
+    let rest = message
+        .strip_prefix("missing field `")
+        .or_else(|| message.strip_prefix("unknown field `"))?;
+    rest.split_once('`').map(|(field, _)| field.to_owned())
+}
+
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no job `{id}`")))
-}
-
-/// `GET /v1/models`, shaped like OpenAI's model list.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ModelList {
-    /// Always `list`.
-    #[schema(example = "list")]
-    pub object: &'static str,
-    pub data: Vec<ModelView>,
-}
-
-/// One entry of `GET /v1/models`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ModelView {
-    pub id: String,
-    pub kind: ModelKind,
-    pub display_name: String,
-    pub points_multiplier: f64,
-    pub discontinued: bool,
-    pub min_vram_mb: u64,
-    pub min_gpu: Vec<String>,
-    pub target_latency_ms: u64,
-    pub deadline_ms: u64,
-}
-
-/// The models this coordinator serves, with what a GPU needs to run each and what it earns.
-#[utoipa::path(get, path = "/v1/models", tag = "jobs", operation_id = "list_models",
-    responses((status = 200, description = "every model of the registry", body = ModelList)))]
-pub async fn models(State(state): State<AppState>) -> axum::Json<ModelList> {
-    let data: Vec<ModelView> = state
-        .jobs
-        .registry()
-        .models()
-        .map(|m| ModelView {
-            id: m.id.clone(),
-            kind: m.kind,
-            display_name: m.display_name.clone(),
-            points_multiplier: m.points_multiplier,
-            discontinued: m.discontinued,
-            min_vram_mb: m.min_vram_mb,
-            min_gpu: m.min_gpu.clone(),
-            target_latency_ms: m.target_latency_ms,
-            deadline_ms: m.deadline_ms,
-        })
-        .collect();
-    axum::Json(ModelList {
-        object: "list",
-        data,
-    })
 }
 
 impl Jobs {
@@ -306,12 +268,37 @@ impl Jobs {
             JobParams::from_json(spec.kind, params).map_err(|e| ApiError::InvalidParams {
                 code: "invalid_params",
                 message: format!("params for `{model}` ({} model): {e}", spec.kind.as_str()),
+                param: serde_field(&e).map(|field| format!("params.{field}")),
             })?;
         spec.validate_params(&params)
             .map_err(|e| ApiError::InvalidParams {
                 code: e.code(),
                 message: e.to_string(),
+                param: e.field().map(|field| format!("params.{field}")),
             })?;
+        Ok(self.accept(api_key, model, params, false).await?.0)
+    }
+
+    /// Persists a job whose params the caller validated against `model`, subscribes the
+    /// caller to it (its outcome; its tokens too with `stream`), then hands it to the
+    /// dispatcher. Persist first, then wake; subscribe before any agent can see it.
+    ///
+    /// An LLM job without `max_tokens` gets the model's limit: agents do not know the
+    /// registry's limits, and the result's token count is checked against it.
+    pub(crate) async fn accept(
+        &self,
+        api_key: Uuid,
+        model: &str,
+        mut params: JobParams,
+        stream: bool,
+    ) -> Result<(JobView, Follow), ApiError> {
+        let spec = self
+            .registry
+            .get(model)
+            .ok_or_else(|| ApiError::ModelNotFound(model.to_owned()))?;
+        if let (JobParams::Llm(p), Limits::Llm(limits)) = (&mut params, &spec.limits) {
+            p.max_tokens.get_or_insert(limits.max_tokens);
+        }
         let id = Uuid::now_v7();
         let stored =
             serde_json::to_string(&params).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -325,7 +312,7 @@ impl Jobs {
             created_ms,
         };
         self.writer.insert(new).await?;
-        self.live.add(id, Some(api_key));
+        let follow = self.live.add_followed(id, api_key, stream);
         let lease = self.lease_for(model, &params);
         self.dispatcher.enqueue(QueuedJob {
             id,
@@ -334,7 +321,7 @@ impl Jobs {
             lease,
             created_ms,
         });
-        Ok(JobView {
+        let view = JobView {
             id,
             model: model.to_owned(),
             status: Status::Queued.as_str().to_owned(),
@@ -347,7 +334,8 @@ impl Jobs {
             output: None,
             metrics: None,
             error: None,
-        })
+        };
+        Ok((view, follow))
     }
 
     async fn owned(&self, api_key: Uuid, id: Uuid) -> Result<JobRow, ApiError> {

@@ -2,12 +2,21 @@
 //! job asked for and consistent with its params. Deeper review happens asynchronously.
 
 use base64::Engine as _;
-use infermine_protocol::{JobOutput, JobParams};
+use infermine_protocol::{JobOutput, JobParams, LlmParams, LlmUsage};
 
 use crate::auth::sha256_hex;
+use crate::registry::{Limits, LlmLimits, ModelSpec};
 
-/// Why an output was rejected, in words for the log and the job's error.
-pub(crate) fn output(params: &JobParams, output: &JobOutput) -> Result<(), String> {
+/// How an LLM completion may end: a stop string or end of sequence, or max_tokens.
+const FINISH_REASONS: [&str; 2] = ["stop", "length"];
+
+/// Why an output was rejected, in words for the log and the job's error. `model` is the job's
+/// model as the registry has it (its limits bound what an LLM may claim to have done).
+pub(crate) fn output(
+    model: Option<&ModelSpec>,
+    params: &JobParams,
+    output: &JobOutput,
+) -> Result<(), String> {
     match (params, output) {
         (JobParams::Synthetic(p), JobOutput::Bytes { data_b64, sha256 }) => {
             let data = base64::engine::general_purpose::STANDARD
@@ -25,7 +34,20 @@ pub(crate) fn output(params: &JobParams, output: &JobOutput) -> Result<(), Strin
             }
             Ok(())
         }
-        (JobParams::Llm(_), JobOutput::Text { .. }) => Ok(()),
+        (
+            JobParams::Llm(p),
+            JobOutput::Text {
+                text,
+                usage,
+                finish_reason,
+            },
+        ) => {
+            let limits = match model.map(|m| &m.limits) {
+                Some(Limits::Llm(limits)) => Some(limits),
+                _ => None,
+            };
+            text_output(p, limits, text, *usage, finish_reason)
+        }
         (JobParams::Image(p), JobOutput::Image { width, height, .. }) => {
             if (*width, *height) != (p.width, p.height) {
                 return Err(format!(
@@ -40,6 +62,59 @@ pub(crate) fn output(params: &JobParams, output: &JobOutput) -> Result<(), Strin
             params.kind().as_str()
         )),
     }
+}
+
+/// Prompt tokens a chat template may add per message (role headers, separators) and once
+/// (begin-of-text, the assistant's header), beyond the tokens of the text itself. Generous:
+/// the templates of the registry's models add about five per message.
+const TEMPLATE_TOKENS_PER_MESSAGE: u64 = 64;
+
+/// Token counts decide a completion's Llama points, so they must fit the request: no more
+/// generated than max_tokens allowed, no more prompt tokens than the prompt's bytes (no
+/// tokenizer makes more than one token of a byte) plus what a chat template adds, and some
+/// of each when there is text. The model's context is the agent's to enforce: its window
+/// may be larger than the registry's figure.
+fn text_output(
+    params: &LlmParams,
+    limits: Option<&LlmLimits>,
+    text: &str,
+    usage: LlmUsage,
+    finish_reason: &str,
+) -> Result<(), String> {
+    if !FINISH_REASONS.contains(&finish_reason) {
+        return Err(format!(
+            "finish_reason `{finish_reason}` is not one of {}",
+            FINISH_REASONS.join(", ")
+        ));
+    }
+    if usage.prompt_tokens == 0 {
+        return Err("usage.prompt_tokens is 0, but a chat prompt has tokens".to_owned());
+    }
+    if usage.completion_tokens == 0 && !text.is_empty() {
+        return Err("usage.completion_tokens is 0, but text was returned".to_owned());
+    }
+    let max_tokens = params.max_tokens.or(limits.map(|l| l.max_tokens));
+    if let Some(max) = max_tokens
+        && usage.completion_tokens > max
+    {
+        return Err(format!(
+            "usage.completion_tokens {} is above the job's max_tokens {max}",
+            usage.completion_tokens
+        ));
+    }
+    let prompt_bytes: u64 = params
+        .messages
+        .iter()
+        .map(|m| (m.role.len() + m.content.len()) as u64)
+        .sum();
+    let most = prompt_bytes + TEMPLATE_TOKENS_PER_MESSAGE * (params.messages.len() as u64 + 1);
+    if u64::from(usage.prompt_tokens) > most {
+        return Err(format!(
+            "usage.prompt_tokens {} is more than a prompt of {prompt_bytes} bytes can make              (at most {most} with the chat template)",
+            usage.prompt_tokens
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -67,9 +142,9 @@ mod tests {
 
     #[test]
     fn synthetic_output_must_match_size_and_hash() {
-        assert_eq!(output(&synthetic(3), &bytes_output(b"abc")), Ok(()));
+        assert_eq!(output(None, &synthetic(3), &bytes_output(b"abc")), Ok(()));
         assert!(
-            output(&synthetic(4), &bytes_output(b"abc"))
+            output(None, &synthetic(4), &bytes_output(b"abc"))
                 .expect_err("short")
                 .contains("3 bytes returned")
         );
@@ -81,10 +156,60 @@ mod tests {
             sha256: sha256_hex(b"abd"),
         };
         assert!(
-            output(&synthetic(3), &forged)
+            output(None, &synthetic(3), &forged)
                 .expect_err("hash")
                 .contains("sha256")
         );
+    }
+
+    fn chat(max_tokens: Option<u32>) -> JobParams {
+        JobParams::Llm(LlmParams {
+            messages: vec![infermine_protocol::ChatMessage {
+                role: "user".into(),
+                content: "hi".into(),
+            }],
+            max_tokens,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            stop: vec![],
+            seed: 0,
+        })
+    }
+
+    fn text(prompt_tokens: u32, completion_tokens: u32, finish_reason: &str) -> JobOutput {
+        JobOutput::Text {
+            text: "hello".into(),
+            usage: LlmUsage {
+                prompt_tokens,
+                completion_tokens,
+            },
+            finish_reason: finish_reason.into(),
+        }
+    }
+
+    /// Regression: inflated token counts would earn inflated Llama points.
+    #[test]
+    fn llm_usage_must_fit_the_request_and_the_model() {
+        let registry = crate::registry::Registry::builtin();
+        let tiny = registry.get("tiny-llama");
+        assert_eq!(output(tiny, &chat(None), &text(20, 5, "stop")), Ok(()));
+        // "user" + "hi", and two messages' worth of template: 6 + 64 × 2.
+        assert_eq!(output(tiny, &chat(None), &text(134, 5, "stop")), Ok(()));
+        assert!(output(tiny, &chat(None), &text(135, 5, "stop")).is_err());
+        assert_eq!(output(tiny, &chat(Some(5)), &text(20, 5, "length")), Ok(()));
+        let refused = [
+            (chat(Some(5)), text(20, 6, "length"), "max_tokens 5"),
+            (chat(None), text(20, 129, "length"), "max_tokens 128"),
+            (chat(None), text(200, 100, "stop"), "prompt_tokens 200"),
+            (chat(None), text(0, 5, "stop"), "prompt_tokens is 0"),
+            (chat(None), text(20, 0, "stop"), "completion_tokens is 0"),
+            (chat(None), text(20, 5, "tool_calls"), "finish_reason"),
+        ];
+        for (params, out, expected) in refused {
+            let problem = output(tiny, &params, &out).expect_err(expected);
+            assert!(problem.contains(expected), "{problem}");
+        }
     }
 
     #[test]
@@ -95,7 +220,7 @@ mod tests {
             finish_reason: "stop".into(),
         };
         assert!(
-            output(&synthetic(2), &text)
+            output(None, &synthetic(2), &text)
                 .expect_err("kind")
                 .contains("synthetic")
         );

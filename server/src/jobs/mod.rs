@@ -29,6 +29,7 @@ use infermine_protocol::{
     CoordinatorMessage, JobAssignment, JobId, JobOutput, JobParams, JobResult,
 };
 use live::Live;
+pub(crate) use live::{Follow, Outcome, Token};
 use objects::{JobRecord, ObjectError};
 use store::{AttemptEnd, Completion, NewLease, QueueRow, Status};
 use tokio::time::Instant;
@@ -130,6 +131,18 @@ impl Jobs {
         deadline.max(requested_delay * 2) + self.limits.lease_grace
     }
 
+    /// How long a consumer waiting on a new job of `model` waits for its end before giving
+    /// up: the model's deadline (a lease's length) plus the lease grace.
+    pub(crate) fn answer_within(&self, model: &str) -> Duration {
+        let deadline = self
+            .registry
+            .get(model)
+            .map_or(Duration::from_secs(60), |spec| {
+                Duration::from_millis(spec.deadline_ms)
+            });
+        deadline + self.limits.lease_grace
+    }
+
     /// Re-queues what a previous run left behind: leases (void, no agent is connected yet)
     /// and queued jobs. Returns how many jobs were queued.
     pub async fn recover(&self) -> Result<usize, DbError> {
@@ -202,7 +215,7 @@ impl Jobs {
                 }
                 _ => return Err(Refusal::NotLeased(job)),
             };
-        if let Err(problem) = check::output(&params, &result.output) {
+        if let Err(problem) = check::output(self.registry.get(&model), &params, &result.output) {
             tracing::warn!(%job, %session, %problem, "agent returned an invalid output");
             return self
                 .end_attempt(session, job, &format!("invalid output: {problem}"), true)
@@ -330,6 +343,17 @@ impl Jobs {
                 }
             }),
         )
+    }
+
+    /// An agent streamed a piece of a job's text. It reaches the job's streaming consumers
+    /// only if the job is leased to `session` and the piece is the next in order; false when
+    /// it was dropped. Never waits: the agent's session calls it inline.
+    pub fn token(&self, session: SessionId, job: JobId, index: u32, text: String) -> bool {
+        let attempt = match self.inflight().get(&job) {
+            Some(f) if f.session == session && !f.completing => f.attempt,
+            _ => return false,
+        };
+        self.live.token(job, attempt, index, text)
     }
 
     /// An agent reported that it could not run a job.

@@ -18,6 +18,10 @@ pub struct ModelSpec {
     pub points_multiplier: f64,
     /// Still served, but on its way out (the seed's "to be discontinued").
     pub discontinued: bool,
+    /// A demo model: random weights the agent synthesizes (`synth:` file URLs), so a fresh
+    /// install runs end to end on a CPU. Its text is gibberish; production registries leave
+    /// demo models out.
+    pub demo: bool,
     /// Device memory the model needs, in MiB (system memory for a CPU device).
     pub min_vram_mb: u64,
     /// GPUs named as the minimum, as in the seed: any of these or a higher tier.
@@ -149,6 +153,8 @@ pub struct SyntheticLimits {
 pub struct ModelFile {
     /// Path inside the model's folder, e.g. `model-00001-of-00004.safetensors`.
     pub name: String,
+    /// An https:// download, or `synth:<recipe>` for a demo model's file that the agent
+    /// makes itself (`infermine-agent models synth`).
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,

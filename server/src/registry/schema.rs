@@ -22,6 +22,8 @@ const MAX_ID_LEN: usize = 64;
 /// Synthetic output travels inline in the result frame as base64 (4/3 larger), so half the
 /// frame limit leaves room for the encoding and the rest of the frame.
 const MAX_SYNTHETIC_OUTPUT: usize = MAX_FRAME_BYTES / 2;
+/// The URL scheme of files an agent synthesizes instead of downloading (demo models).
+pub(crate) const SYNTH_SCHEME: &str = "synth:";
 
 const IMAGE_FIELDS: &[&str] = &[
     "max_width",
@@ -60,6 +62,8 @@ pub(super) struct RawModel {
     points_multiplier: f64,
     #[serde(default)]
     discontinued: bool,
+    #[serde(default)]
+    demo: bool,
     #[serde(default)]
     min_vram_mb: u64,
     #[serde(default)]
@@ -154,7 +158,7 @@ pub(super) fn build_model(
     check_timing(&raw, &ctx)?;
     let min_gpu_tier = min_gpu_tier(&raw, tiers, &ctx)?;
     let limits = build_limits(&raw.limits, raw.kind, &ctx)?;
-    check_files(&raw.files, raw.kind, &ctx)?;
+    check_files(&raw.files, raw.kind, raw.demo, &ctx)?;
     Ok(ModelSpec {
         id: raw.id,
         kind: raw.kind,
@@ -162,6 +166,7 @@ pub(super) fn build_model(
         family: raw.family,
         points_multiplier: raw.points_multiplier,
         discontinued: raw.discontinued,
+        demo: raw.demo,
         min_vram_mb: raw.min_vram_mb,
         min_gpu: raw.min_gpu,
         min_gpu_tier,
@@ -402,7 +407,12 @@ fn at_least_one(value: u32, field: &str, ctx: &Ctx<'_>) -> Result<(), RegistryEr
     Ok(())
 }
 
-fn check_files(files: &[ModelFile], kind: ModelKind, ctx: &Ctx<'_>) -> Result<(), RegistryError> {
+fn check_files(
+    files: &[ModelFile],
+    kind: ModelKind,
+    demo: bool,
+    ctx: &Ctx<'_>,
+) -> Result<(), RegistryError> {
     if kind != ModelKind::Synthetic && files.is_empty() {
         return Err(ctx.err(
             "files",
@@ -427,12 +437,7 @@ fn check_files(files: &[ModelFile], kind: ModelKind, ctx: &Ctx<'_>) -> Result<()
         if !seen.insert(file.name.as_str()) {
             return Err(ctx.err(field("name"), format!("`{}` is listed twice", file.name)));
         }
-        if !file.url.starts_with("https://") || file.url.len() <= "https://".len() {
-            return Err(ctx.err(
-                field("url"),
-                format!("must be an https:// URL (got `{}`)", file.url),
-            ));
-        }
+        check_url(&file.url, demo).map_err(|problem| ctx.err(field("url"), problem))?;
         if file.size_bytes == Some(0) {
             return Err(ctx.err(
                 field("size_bytes"),
@@ -449,6 +454,37 @@ fn check_files(files: &[ModelFile], kind: ModelKind, ctx: &Ctx<'_>) -> Result<()
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Where an agent gets a file: an https:// download, or for a demo model `synth:<name>`, a
+/// file the agent makes itself (`infermine-agent models synth`), since demo weights are
+/// random and published nowhere.
+fn check_url(url: &str, demo: bool) -> Result<(), String> {
+    if let Some(name) = url.strip_prefix(SYNTH_SCHEME) {
+        if !demo {
+            return Err(format!(
+                "`{url}`: synth: URLs (files the agent makes with `infermine-agent models \
+                 synth`) are for demo models only; set demo = true or give an https:// URL"
+            ));
+        }
+        let name_ok = !name.is_empty()
+            && name.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')
+            });
+        if !name_ok {
+            return Err(format!(
+                "`{url}`: a synth: URL names a recipe, as in `synth:tiny-llama` (lowercase \
+                 letters, digits, '.', '-' or '_')"
+            ));
+        }
+        return Ok(());
+    }
+    if !url.starts_with("https://") || url.len() <= "https://".len() {
+        return Err(format!(
+            "must be an https:// URL, or synth:<name> for a demo model (got `{url}`)"
+        ));
     }
     Ok(())
 }

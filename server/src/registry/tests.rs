@@ -56,6 +56,16 @@ fn builtin_has_the_seed_models_and_synthetic_with_seed_multipliers() {
             1.0,
             false,
         ),
+        ("tiny-llama", ModelKind::Llm, Family::Llama3, 0.01, false),
+        ("tiny-mistral", ModelKind::Llm, Family::Mistral, 0.01, false),
+        ("tiny-mixtral", ModelKind::Llm, Family::Mixtral, 0.01, false),
+        (
+            "tiny-mixtral-gptq",
+            ModelKind::Llm,
+            Family::Mixtral,
+            0.01,
+            false,
+        ),
         (
             "synthetic-echo",
             ModelKind::Synthetic,
@@ -110,6 +120,7 @@ fn builtin_limits_and_timing() {
         assert!(model.target_latency_ms < model.deadline_ms, "{}", model.id);
         assert_eq!(model.slot_concurrency, 1, "{}", model.id);
         let deadline = match model.kind {
+            _ if model.demo => 60_000,
             ModelKind::Image => 18_000,
             ModelKind::Llm => 180_000,
             ModelKind::Synthetic => 30_000,
@@ -155,7 +166,7 @@ fn builtin_pins_only_verified_files() {
         .collect();
     assert!(unpinned.contains(&"flux1-dev-bnb-nf4-v2.safetensors"));
     assert!(!unpinned.contains(&"sd_xl_base_1.0.safetensors"));
-    for model in registry.models() {
+    for model in registry.models().filter(|m| !m.demo) {
         for file in &model.files {
             assert!(
                 file.url.starts_with("https://huggingface.co/"),
@@ -221,14 +232,92 @@ fn a100_80gb_runs_mixtral() {
 }
 
 #[test]
-fn cpu_device_runs_synthetic_echo_only() {
+fn cpu_device_runs_the_demo_models_and_synthetic_echo_only() {
     let registry = builtin();
     let cpu = device(DeviceKind::Cpu, "cpu", 262_144);
     let runnable: Vec<&str> = registry
         .eligible_models(&cpu)
         .map(|m| m.id.as_str())
         .collect();
-    assert_eq!(runnable, ["synthetic-echo"]);
+    assert_eq!(
+        runnable,
+        [
+            "tiny-llama",
+            "tiny-mistral",
+            "tiny-mixtral",
+            "tiny-mixtral-gptq",
+            "synthetic-echo"
+        ]
+    );
+    // A small machine, as the CPU device of a laptop reports it.
+    let laptop = device(DeviceKind::Cpu, "cpu", 8_192);
+    assert!(can_run(&registry, &laptop, "tiny-mixtral-gptq"));
+}
+
+/// The demo models exist so a fresh install runs end to end on a CPU: random weights the
+/// agent synthesizes, tiny limits, tiny pay, and flagged so nobody mistakes them for real.
+#[test]
+fn builtin_demo_models_are_synthesized_tiny_and_flagged() {
+    let registry = builtin();
+    let demos: Vec<&str> = registry
+        .models()
+        .filter(|m| m.demo)
+        .map(|m| m.id.as_str())
+        .collect();
+    assert_eq!(
+        demos,
+        [
+            "tiny-llama",
+            "tiny-mistral",
+            "tiny-mixtral",
+            "tiny-mixtral-gptq"
+        ]
+    );
+    for id in demos {
+        let model = registry.get(id).expect("demo model");
+        assert!(
+            model.display_name.ends_with("(demo, random weights)"),
+            "{id}"
+        );
+        assert_eq!(model.kind, ModelKind::Llm, "{id}");
+        assert!(model.allow_cpu && model.min_gpu.is_empty(), "{id}");
+        assert_eq!(model.points_multiplier, 0.01, "{id}");
+        assert_eq!(
+            (model.target_latency_ms, model.deadline_ms),
+            (10_000, 60_000)
+        );
+        match model.limits {
+            Limits::Llm(limits) => assert_eq!(
+                (
+                    limits.context_tokens,
+                    limits.max_tokens,
+                    limits.max_prompt_chars
+                ),
+                (256, 128, 2_000),
+                "{id}"
+            ),
+            other => panic!("{id}: llm limits expected, got {other:?}"),
+        }
+        let names: Vec<&str> = model.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "generation_config.json"
+            ],
+            "{id}"
+        );
+        let url = format!("synth:{id}");
+        assert!(model.files.iter().all(|f| f.url == url), "{id}");
+    }
+    assert!(registry.models().filter(|m| !m.demo).all(|m| {
+        m.files
+            .iter()
+            .all(|f| !f.url.starts_with(super::schema::SYNTH_SCHEME))
+    }));
 }
 
 #[test]

@@ -90,10 +90,12 @@ impl From<WalletError> for ApiError {
             WalletError::Auth(AuthError::BadWallet(_)) => Self::InvalidParams {
                 code: "invalid_address",
                 message: err.to_string(),
+                param: Some("address".to_owned()),
             },
             WalletError::Auth(AuthError::BadName(_)) => Self::InvalidParams {
                 code: "invalid_name",
                 message: err.to_string(),
+                param: Some("name".to_owned()),
             },
             WalletError::Auth(AuthError::Db(e)) | WalletError::Db(e) => e.into(),
             WalletError::Auth(other) => Self::Internal(other.to_string()),

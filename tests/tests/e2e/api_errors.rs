@@ -32,6 +32,15 @@ fn assert_error(got: &(u16, Value), status: u16, code: &str, mentions: &str) {
     let (got_status, body) = got;
     assert_eq!(*got_status, status, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
+    // OpenAI's shape: a class of error, and the parameter at fault (or null), always present.
+    let kind = body["error"]["type"].as_str().unwrap_or_default();
+    assert!(kind.ends_with("_error"), "{body}");
+    assert!(
+        body["error"]
+            .as_object()
+            .is_some_and(|e| e.contains_key("param")),
+        "{body}"
+    );
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
         message.contains(mentions),

@@ -48,6 +48,7 @@ async fn a_flooding_address_is_slowed_and_others_are_not() {
     let (retry_after, body) = refusal.expect("a refusal");
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
 
     let health = flooder
         .get(format!("{}/healthz", server.http()))

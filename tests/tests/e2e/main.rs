@@ -3,9 +3,12 @@
 //! is set). One test binary, so the suite links once.
 
 mod api_errors;
+mod chat;
+mod chat_errors;
 mod frames;
 mod lifecycle;
 mod limits;
+mod openai_client;
 mod openapi;
 mod points;
 mod rules;

@@ -55,12 +55,32 @@ fn h100_hello(token: &str) -> Hello {
     }
 }
 
+/// A prompt long enough for the 1200 prompt tokens the chat results claim (the coordinator
+/// refuses more prompt tokens than a prompt's bytes can make).
+const LONG_PROMPT: &str = concat!(
+    "Tell me, in as many words as it takes and then some more, everything you know about the ",
+    "lighthouses of the northern coast: who built them, when and why, how their lamps and ",
+    "lenses worked before electricity, how the keepers lived through the long winters, which ",
+    "storms and shipwrecks made them famous, how the lights were automated, and which of them ",
+    "still stand today and can be visited. Then do the same for the lighthouses of the ",
+    "southern coast, and compare the two, region by region, century by century, keeper by ",
+    "keeper, lamp by lamp, lens by lens, storm by storm, shipwreck by shipwreck. After that, ",
+    "describe the fog signals, the horns, the bells and the guns that went with the lights, ",
+    "the signal codes ships used to talk to the keepers, the supply boats that brought oil ",
+    "and food, and the families who grew up on the rocks. Finish with the stories the keepers ",
+    "told each other on the long nights, the ghosts they swore they saw, the animals they ",
+    "kept, the gardens they planted in the salt wind, the logbooks they wrote, the letters ",
+    "they sent home, and what became of them when the lights no longer needed anyone at all. ",
+    "Take your time, leave nothing out, and write it all down in full sentences, please."
+);
+
 /// The request for each model and the micro-points it earns before any boost, worked out by
 /// hand from the seed: Waifu = w·h·steps ÷ (512·512·20) × multiplier; Llama = (prompt +
 /// completion tokens) ÷ 1000 × multiplier.
 fn cases() -> Vec<(&'static str, Value, i64)> {
     let image = |w: u32, h: u32, steps: u32| json!({ "prompt": "a lighthouse at dusk", "width": w, "height": h, "steps": steps });
-    let chat = json!({ "messages": [{ "role": "user", "content": "hello" }], "max_tokens": 600 });
+    let chat =
+        json!({ "messages": [{ "role": "user", "content": LONG_PROMPT }], "max_tokens": 600 });
     vec![
         // 512·512·25 = 6,553,600 ÷ 5,242,880 = 1.25 × 0.3 = 0.375
         ("stable-diffusion-1.5", image(512, 512, 25), 375_000),
@@ -280,7 +300,7 @@ async fn balances_stay_exact_under_concurrency(backend: Backend) {
         .await
         .expect("join");
     let client = server.client();
-    let chat = json!({ "messages": [{ "role": "user", "content": "hi" }] });
+    let chat = json!({ "messages": [{ "role": "user", "content": LONG_PROMPT }] });
     let ids: Vec<String> = futures_util::future::join_all(
         (0..JOBS).map(|_| client.submit_ok("dolphin-2.9-llama3-8b", chat.clone())),
     )

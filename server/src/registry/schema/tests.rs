@@ -155,6 +155,11 @@ fn model_field_errors_name_file_model_and_field() {
             &["files[0].url must be an https:// URL"],
         ),
         (
+            "url = \"https://example.org/w.safetensors\"",
+            "url = \"synth:img\"",
+            &["files[0].url", "synth: URLs", "demo models only"],
+        ),
+        (
             "max_width = 1024",
             "max_width = 1020",
             &["limits.max_width (1020) must be a multiple of 8"],
@@ -305,4 +310,35 @@ fn load_reads_a_file_and_names_it_in_errors() {
         &error.to_string(),
         &["nope.toml", "cannot read the model registry"],
     );
+}
+
+/// Demo models' files are made by the agent (`synth:` URLs); only demo models may name them.
+#[test]
+fn demo_models_may_list_synthesized_files() {
+    let demo = BASE.replacen(
+        "url = \"https://example.org/m.safetensors\"",
+        "url = \"synth:tiny-chat\"",
+        1,
+    );
+    let demo = demo.replacen(
+        "points_multiplier = 0.5",
+        "points_multiplier = 0.5\ndemo = true",
+        1,
+    );
+    let registry = Registry::from_toml(&demo, "test.toml").expect("valid");
+    let chat = registry.get("chat").expect("chat");
+    assert!(chat.demo);
+    assert_eq!(chat.files[0].url, "synth:tiny-chat");
+    assert!(
+        !registry.get("img").expect("img").demo,
+        "demo defaults to false"
+    );
+
+    let bad = demo.replacen("synth:tiny-chat", "synth:Tiny Chat", 1);
+    let message = Registry::from_toml(&bad, "test.toml")
+        .expect_err("bad recipe name")
+        .to_string();
+    assert_mentions(&message, &["files[0].url", "synth:tiny-llama"]);
+    let bad = demo.replacen("synth:tiny-chat", "synth:", 1);
+    assert!(Registry::from_toml(&bad, "test.toml").is_err());
 }
