@@ -249,6 +249,15 @@ impl TestServer {
     }
 
     /// Waits until `n` slots are registered.
+    /// `GET path` on this server without credentials, expecting 200 and JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = reqwest::get(format!("{}{path}", self.http()))
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.expect("json")
+    }
+
     pub async fn wait_slots(&self, n: u64) {
         self.wait_status(&format!("{n} slots"), |s| s["slots"].as_u64() == Some(n))
             .await;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use infermine_protocol::{GpuInfo, JobAssignment, JobOutput};
+use infermine_protocol::{GpuInfo, JobAssignment, JobOutput, ModelKind};
 
 pub use synthetic::{SyntheticEngine, synthetic_bytes};
 
@@ -101,6 +101,16 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// The job's params are for another kind of model than the engine's `kind`.
+    pub fn wrong_params(job: &JobAssignment, kind: ModelKind) -> Self {
+        Self::InvalidParams(format!(
+            "model `{}` takes {} params, got {} params",
+            job.model,
+            kind.as_str(),
+            job.params.kind().as_str()
+        ))
+    }
+
     /// Whether the coordinator should give the job to another attempt.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Transient(_) | Self::Agent(_))

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use infermine_protocol::{JobAssignment, JobOutput, JobParams, MAX_FRAME_BYTES, SyntheticParams};
+use infermine_protocol::{
+    JobAssignment, JobOutput, JobParams, MAX_FRAME_BYTES, ModelKind, SyntheticParams,
+};
 use sha2::{Digest, Sha256};
 
 use super::{CancelToken, Engine, EngineError, EngineEvent};
@@ -28,11 +30,7 @@ impl Engine for SyntheticEngine {
         events: &mut dyn FnMut(EngineEvent),
     ) -> Result<JobOutput, EngineError> {
         let JobParams::Synthetic(params) = &job.params else {
-            return Err(EngineError::InvalidParams(format!(
-                "model `{}` takes synthetic params, got {} params",
-                job.model,
-                job.params.kind().as_str()
-            )));
+            return Err(EngineError::wrong_params(job, ModelKind::Synthetic));
         };
         let len = usize::try_from(params.output_bytes).unwrap_or(usize::MAX);
         if len > MAX_OUTPUT_BYTES {

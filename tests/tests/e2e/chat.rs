@@ -135,14 +135,6 @@ async fn read_until(events: &mut SseReader, until: &str) -> Vec<String> {
     pieces
 }
 
-async fn get(server: &TestServer, path: &str) -> Value {
-    let response = reqwest::get(format!("{}{path}", server.http()))
-        .await
-        .expect("send");
-    assert_eq!(response.status(), 200, "GET {path}");
-    response.json().await.expect("json")
-}
-
 async fn chat_completion_is_openai_json_and_earns_llama_points(backend: Backend) {
     let server = TestServer::start(&backend).await;
     let mut agent = join(&server, "tiny-llama").await;
@@ -210,7 +202,9 @@ async fn chat_completion_is_openai_json_and_earns_llama_points(backend: Backend)
     assert_eq!(status, 200);
     assert_eq!(view["status"], "completed", "{view}");
     assert_eq!(view["output"]["text"], "Hello there, friend.");
-    let ledger = get(&server, &format!("/api/v1/wallets/{WALLET}/ledger")).await;
+    let ledger = server
+        .get_json(&format!("/api/v1/wallets/{WALLET}/ledger"))
+        .await;
     let entries = ledger["entries"].as_array().expect("entries");
     assert_eq!(entries.len(), 1, "{ledger}");
     let entry = &entries[0];
@@ -223,7 +217,7 @@ async fn chat_completion_is_openai_json_and_earns_llama_points(backend: Backend)
     );
     assert_eq!(entry["detail"]["base"], 1_500, "{entry}");
     assert_eq!(entry["amount"]["micro"], 1_500, "{entry}");
-    let wallet = get(&server, &format!("/api/v1/wallets/{WALLET}")).await;
+    let wallet = server.get_json(&format!("/api/v1/wallets/{WALLET}")).await;
     assert_eq!(wallet["balances"]["llama"]["micro"], 1_500);
 }
 
@@ -286,7 +280,7 @@ async fn chat_stream_sends_tokens_as_they_come_then_usage_and_done(backend: Back
 
     let (_, view) = server.client().get(&job.id.to_string(), 0.0).await;
     assert_eq!(view["status"], "completed", "{view}");
-    let wallet = get(&server, &format!("/api/v1/wallets/{WALLET}")).await;
+    let wallet = server.get_json(&format!("/api/v1/wallets/{WALLET}")).await;
     // (12 + 4) ÷ 1000 × 0.01 = 0.00016 points.
     assert_eq!(wallet["balances"]["llama"]["micro"], 160);
 }
@@ -373,7 +367,9 @@ async fn chat_consumer_leaving_a_stream_leaves_the_job_to_finish() {
         .wait_final(&job.id.to_string(), Duration::from_secs(10))
         .await;
     assert_eq!(view["status"], "completed", "{view}");
-    let ledger = get(&server, &format!("/api/v1/wallets/{WALLET}/ledger")).await;
+    let ledger = server
+        .get_json(&format!("/api/v1/wallets/{WALLET}/ledger"))
+        .await;
     assert_eq!(ledger["entries"][0]["job_id"], job.id.to_string());
     assert_eq!(ledger["entries"][0]["amount"]["micro"], 220);
 }

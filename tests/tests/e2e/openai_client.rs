@@ -126,12 +126,7 @@ async fn openai_python_client(backend: Backend) {
 
     // Both completions earned Llama points from their real token counts: (in + out) / 1000
     // × 0.01 (the demo multiplier) = 10 micro-points per token.
-    let wallet: Value = reqwest::get(format!("{}/api/v1/wallets/{WALLET}", server.http()))
-        .await
-        .expect("wallet")
-        .json()
-        .await
-        .expect("wallet json");
+    let wallet = server.get_json(&format!("/api/v1/wallets/{WALLET}")).await;
     assert_eq!(
         wallet["balances"]["llama"]["micro"],
         2 * 10 * (prompt_tokens + completion_tokens),

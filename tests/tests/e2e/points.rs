@@ -124,14 +124,6 @@ fn output_for(params: &JobParams) -> JobOutput {
     }
 }
 
-async fn get(server: &TestServer, path: &str) -> Value {
-    let response = reqwest::get(format!("{}{path}", server.http()))
-        .await
-        .expect("send");
-    assert_eq!(response.status(), 200, "GET {path}");
-    response.json().await.expect("json")
-}
-
 async fn import_nfts(server: &TestServer, count: u32) {
     let path = server.data_dir().join("holdings.csv");
     std::fs::write(&path, format!("address,count\n{WALLET},{count}\n")).expect("write csv");
@@ -196,11 +188,9 @@ async fn seven_models_earn_by_the_seed(backend: Backend) {
     }
 
     // The ledger, as the portal reads it.
-    let ledger = get(
-        &server,
-        &format!("/api/v1/wallets/{WALLET}/ledger?limit=50"),
-    )
-    .await;
+    let ledger = server
+        .get_json(&format!("/api/v1/wallets/{WALLET}/ledger?limit=50"))
+        .await;
     let entries = ledger["entries"].as_array().expect("entries");
     assert_eq!(
         entries.len(),
@@ -220,7 +210,7 @@ async fn seven_models_earn_by_the_seed(backend: Backend) {
         assert_eq!(entry["amount"]["micro"], expected, "{model}: {entry}");
     }
 
-    let wallet = get(&server, &format!("/api/v1/wallets/{WALLET}")).await;
+    let wallet = server.get_json(&format!("/api/v1/wallets/{WALLET}")).await;
     assert_eq!(wallet["balances"]["waifu"]["micro"], total["waifu"]);
     assert_eq!(wallet["balances"]["llama"]["micro"], total["llama"]);
     assert_eq!(wallet["boost"]["nft_held"], 1);
@@ -242,18 +232,20 @@ async fn seven_models_earn_by_the_seed(backend: Backend) {
     assert_eq!(miners.len(), 4);
     assert!(miners.iter().all(|m| m["online"] == true));
 
-    let history = get(
-        &server,
-        &format!("/api/v1/wallets/{WALLET}/points-history?bucket=day&days=7"),
-    )
-    .await;
+    let history = server
+        .get_json(&format!(
+            "/api/v1/wallets/{WALLET}/points-history?bucket=day&days=7"
+        ))
+        .await;
     let series = history["series"].as_array().expect("series");
     assert_eq!(series.len(), 7);
     let today = series.last().expect("today");
     assert_eq!(today["waifu"]["micro"], total["waifu"]);
     assert_eq!(today["llama"]["micro"], total["llama"]);
 
-    let board = get(&server, "/api/v1/leaderboard?kind=waifu&period=24h").await;
+    let board = server
+        .get_json("/api/v1/leaderboard?kind=waifu&period=24h")
+        .await;
     assert_eq!(board["rows"][0]["address"], WALLET);
     assert_eq!(board["rows"][0]["points"]["micro"], total["waifu"]);
 
@@ -264,11 +256,9 @@ async fn seven_models_earn_by_the_seed(backend: Backend) {
             counts
         });
     let (slot, jobs) = busiest.iter().max_by_key(|(_, n)| **n).expect("a slot");
-    let miner = get(
-        &server,
-        &format!("/api/v1/miners/{WALLET}-h100rig-gpu{slot}"),
-    )
-    .await;
+    let miner = server
+        .get_json(&format!("/api/v1/miners/{WALLET}-h100rig-gpu{slot}"))
+        .await;
     assert_eq!(miner["jobs_24h"], *jobs);
     assert_eq!(miner["online"], true);
     assert_eq!(miner["gpu"], "NVIDIA H100 80GB HBM3");
@@ -377,7 +367,7 @@ async fn balances_stay_exact_under_concurrency(backend: Backend) {
         if let Some(cursor) = &cursor {
             path.push_str(&format!("&cursor={cursor}"));
         }
-        let page = get(&server, &path).await;
+        let page = server.get_json(&path).await;
         entries.extend(page["entries"].as_array().expect("entries").iter().cloned());
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
@@ -400,12 +390,14 @@ async fn balances_stay_exact_under_concurrency(backend: Backend) {
         .sum();
     assert_eq!(sum, JOBS as i64 * PER_JOB - taken);
 
-    let wallet = get(&server, &format!("/api/v1/wallets/{WALLET}")).await;
+    let wallet = server.get_json(&format!("/api/v1/wallets/{WALLET}")).await;
     assert_eq!(
         wallet["balances"]["llama"]["micro"], sum,
         "the balance is the ledger's sum"
     );
-    let public = get(&server, &format!("/api/v1/slashes?address={WALLET}")).await;
+    let public = server
+        .get_json(&format!("/api/v1/slashes?address={WALLET}"))
+        .await;
     assert_eq!(public["entries"].as_array().expect("slashes").len(), 5);
     assert_eq!(public["entries"][0]["reason"], "concurrency test");
 }
@@ -486,7 +478,7 @@ async fn admins_suspend_and_slash_and_no_one_else(backend: Backend) {
     let ids: Vec<&str> = welcome.slots.iter().map(|s| s.miner_id.as_str()).collect();
     assert_eq!(ids.len(), 3);
     assert!(!ids.contains(&gpu0.as_str()));
-    let miner = get(&server, &format!("/api/v1/miners/{gpu0}")).await;
+    let miner = server.get_json(&format!("/api/v1/miners/{gpu0}")).await;
     assert_eq!(miner["suspension"]["reason"], "tampered model files");
     assert_eq!(miner["online"], false);
 
@@ -497,7 +489,7 @@ async fn admins_suspend_and_slash_and_no_one_else(backend: Backend) {
     )
     .await;
     assert_eq!(status, 200);
-    let miner = get(&server, &format!("/api/v1/miners/{gpu0}")).await;
+    let miner = server.get_json(&format!("/api/v1/miners/{gpu0}")).await;
     assert_eq!(miner["suspension"], Value::Null);
 }
 

@@ -5,14 +5,6 @@ use infermine_server::points::BoostTier;
 use infermine_tests::{Backend, TestServer};
 use serde_json::Value;
 
-async fn get(server: &TestServer, path: &str) -> Value {
-    let response = reqwest::get(format!("{}{path}", server.http()))
-        .await
-        .expect("send");
-    assert_eq!(response.status(), 200);
-    response.json().await.expect("json")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_show_the_registry_and_the_configured_boosts() {
     let custom = vec![
@@ -28,8 +20,8 @@ async fn rules_show_the_registry_and_the_configured_boosts() {
     let boosts = custom.clone();
     let server =
         TestServer::start_with(&Backend::Sqlite, move |c| c.points.nft_boost = boosts).await;
-    let rules = get(&server, "/api/v1/rules").await;
-    let models = get(&server, "/v1/models").await;
+    let rules = server.get_json("/api/v1/rules").await;
+    let models = server.get_json("/v1/models").await;
 
     let listed = models["data"].as_array().expect("models");
     let ruled = rules["models"].as_array().expect("rule models");

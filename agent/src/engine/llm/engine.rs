@@ -10,7 +10,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
 use infermine_protocol::{
-    DeviceKind, GpuInfo, JobAssignment, JobOutput, JobParams, LlmParams, LlmUsage,
+    DeviceKind, GpuInfo, JobAssignment, JobOutput, JobParams, LlmParams, LlmUsage, ModelKind,
 };
 use tch::{Device, Kind};
 
@@ -195,11 +195,7 @@ impl Engine for LlmEngine {
         events: &mut dyn FnMut(EngineEvent),
     ) -> Result<JobOutput, EngineError> {
         let JobParams::Llm(params) = &job.params else {
-            return Err(EngineError::InvalidParams(format!(
-                "model `{}` takes llm params, got {} params",
-                job.model,
-                job.params.kind().as_str()
-            )));
+            return Err(EngineError::wrong_params(job, ModelKind::Llm));
         };
         let mut index = 0u32;
         let completion = self.generate(params, cancel, &mut |piece| {
