@@ -272,6 +272,8 @@ pub struct Transformer {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
+    /// `[vocab, hidden]` on CUDA; `[hidden, vocab]` (transposed, contiguous) on the CPU, where
+    /// a one-token product with that layout takes about half the time (see bench/RESULTS.md).
     lm_head: Tensor,
     rope: Rope,
 }
@@ -339,6 +341,11 @@ impl Transformer {
             embed.shallow_clone()
         } else {
             p.tensor("lm_head.weight", &[v, h])?
+        };
+        let lm_head = if device == Device::Cpu {
+            lm_head.tr().contiguous()
+        } else {
+            lm_head
         };
         let rope = Rope::new(&config, config.max_position_embeddings, device, dtype);
         Ok(Self {
@@ -425,7 +432,12 @@ impl Transformer {
         cache.len += t;
         let x = if all { x } else { x.narrow(1, t - 1, 1) };
         let x = self.rms_norm(&x, &self.norm);
-        x.linear(&self.lm_head, None::<Tensor>)
+        let logits = if self.device == Device::Cpu {
+            x.matmul(&self.lm_head)
+        } else {
+            x.linear(&self.lm_head, None::<Tensor>)
+        };
+        logits
             .squeeze_dim(0)
             .to_kind(Kind::Float)
     }
