@@ -437,9 +437,7 @@ impl Transformer {
         } else {
             x.linear(&self.lm_head, None::<Tensor>)
         };
-        logits
-            .squeeze_dim(0)
-            .to_kind(Kind::Float)
+        logits.squeeze_dim(0).to_kind(Kind::Float)
     }
 
     /// RMSNorm as Hugging Face computes it: normalize in f32, cast back, then scale.
