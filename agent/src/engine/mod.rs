@@ -7,6 +7,7 @@
 //! synthetic test engine, or the [`llm`] engine for a Hugging Face model folder in the models
 //! directory.
 
+pub mod diffusion;
 pub mod llm;
 mod synthetic;
 
