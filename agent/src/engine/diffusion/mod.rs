@@ -1,3 +1,4 @@
-//! The diffusion engine (SD 1.5, SDXL, Flux): samplers first; the models come next.
+//! The diffusion engine (SD 1.5, SDXL, Flux). So far: the samplers, matched against diffusers;
+//! the text encoders, UNet, MMDiT and VAE come next.
 
 pub mod scheduler;
