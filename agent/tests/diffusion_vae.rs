@@ -14,6 +14,7 @@ use infermine_agent::engine::diffusion::clip::{SafetensorsFiles, TensorSource};
 use infermine_agent::engine::diffusion::vae::{
     VaeConfig, VaeDecoder, VaeError, VaeLayout, to_rgb8,
 };
+use infermine_agent::engine::llm::weights::Weights;
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
@@ -92,6 +93,18 @@ fn sd_from_single_file_ldm_layout_matches_diffusers() {
         &ldm("first_stage_model."),
     );
     check("sd", &vae, "SD single file");
+}
+
+#[test]
+fn sd_single_file_memory_mapped_matches_diffusers() {
+    let path = fixture("sd_single_file.safetensors");
+    let mapped = Weights::open_files(&[path.as_path()]).expect("map the checkpoint");
+    let vae = load("sd", &mapped, &ldm("first_stage_model."));
+    check("sd", &vae, "SD single file, memory-mapped");
+    let missing = mapped
+        .tensor("first_stage_model.decoder.nope.weight", &[1])
+        .expect_err("absent");
+    assert!(missing.to_string().contains("decoder.nope"), "{missing}");
 }
 
 #[test]

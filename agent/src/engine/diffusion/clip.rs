@@ -179,6 +179,34 @@ pub trait TensorSource {
     fn contains(&self, name: &str) -> bool;
 }
 
+/// Memory-mapped safetensors files (a multi-GB single-file checkpoint is never read whole):
+/// tensors are copied out one at a time, on the CPU in their stored dtype.
+impl TensorSource for crate::engine::llm::weights::Weights {
+    fn tensor(&self, name: &str, shape: &[i64]) -> Result<Tensor, ClipError> {
+        let found = self.shape(name).ok_or_else(|| ClipError::MissingTensor {
+            name: name.to_owned(),
+            source_name: self.describe(),
+        })?;
+        if found != shape {
+            return Err(ClipError::Shape {
+                name: name.to_owned(),
+                source_name: self.describe(),
+                expected: shape.to_vec(),
+                found,
+            });
+        }
+        self.load(name, shape, tch::Device::Cpu, None)
+            .map_err(|e| ClipError::File {
+                path: PathBuf::from(self.describe()),
+                problem: e.to_string(),
+            })
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        crate::engine::llm::weights::Weights::contains(self, name)
+    }
+}
+
 /// The tensors of safetensors files held in host memory. Fine for text encoders on their own;
 /// a full single-file checkpoint is read whole (a memory-mapped source can replace it).
 #[derive(Debug)]

@@ -10,7 +10,7 @@ pub mod synth;
 pub mod synth_tokenizer;
 pub mod template;
 pub mod tokenizer;
-mod weights;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
 

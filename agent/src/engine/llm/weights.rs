@@ -1,5 +1,6 @@
-//! Safetensors weights of a Hugging Face model folder: one `model.safetensors`, or shards
-//! listed in `model.safetensors.index.json`. Files are memory-mapped; each tensor is copied
+//! Safetensors weights: a Hugging Face model folder (one `model.safetensors`, or the shards
+//! listed in `model.safetensors.index.json`), or any given files, such as a single-file diffusion
+//! checkpoint. Files are memory-mapped; each tensor is copied
 //! once, straight to its device and dtype, so loading an 8B model never holds a second full
 //! copy in host memory.
 
@@ -76,16 +77,34 @@ impl Weights {
                     .to_owned(),
             });
         };
+        let names: Vec<&Path> = names.iter().map(PathBuf::as_path).collect();
+        Self::open_files(&names)
+    }
+
+    /// Maps the given safetensors files; a name in several files resolves to the last.
+    pub fn open_files(names: &[&Path]) -> Result<Self, LlmError> {
         let mut files = Vec::with_capacity(names.len());
         let mut index = HashMap::new();
-        for path in names {
-            let mapped = map(&path)?;
+        for &path in names {
+            let mapped = map(path)?;
             for name in mapped.metadata.tensors().into_keys() {
                 index.insert(name, files.len());
             }
             files.push(mapped);
         }
         Ok(Self { files, index })
+    }
+
+    /// The stored shape of `name`, if present.
+    pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        let file = &self.files[*self.index.get(name)?];
+        let info = file.metadata.info(name)?;
+        Some(info.shape.iter().map(|&d| d as i64).collect())
+    }
+
+    /// The files, for messages.
+    pub fn describe(&self) -> String {
+        self.file_names()
     }
 
     pub fn contains(&self, name: &str) -> bool {
