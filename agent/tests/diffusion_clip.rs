@@ -10,8 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use infermine_agent::engine::diffusion::clip::{
-    ClipError, ClipLayout, ClipTextConfig, ClipTextModel, SafetensorsFiles, TensorSource,
+    ClipError, ClipLayout, ClipTextConfig, ClipTextModel,
 };
+use infermine_agent::engine::diffusion::weights::{SafetensorsFiles, TensorSource, WeightsError};
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
@@ -186,7 +187,10 @@ fn missing_tensor_error_names_it() {
     )
     .expect_err("a missing tensor must fail the load");
     assert!(
-        matches!(error, ClipError::MissingTensor { .. }),
+        matches!(
+            error,
+            ClipError::Weights(WeightsError::MissingTensor { .. })
+        ),
         "{error:?}"
     );
     assert!(error.to_string().contains(name), "{error}");
@@ -231,7 +235,10 @@ fn wrong_shape_error_names_tensor_and_shapes() {
     )
     .expect_err("a wrong shape must fail the load");
     let message = error.to_string();
-    assert!(matches!(error, ClipError::Shape { .. }), "{error:?}");
+    assert!(
+        matches!(error, ClipError::Weights(WeightsError::Shape { .. })),
+        "{error:?}"
+    );
     assert!(message.contains(name), "{message}");
     assert!(
         message.contains("[63, 32]") && message.contains("[64, 32]"),

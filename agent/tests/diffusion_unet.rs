@@ -11,10 +11,10 @@
 
 use std::path::{Path, PathBuf};
 
-use infermine_agent::engine::diffusion::clip::SafetensorsFiles;
 use infermine_agent::engine::diffusion::unet::{
     AddedCond, UNet, UNetConfig, UNetError, UNetLayout,
 };
+use infermine_agent::engine::diffusion::weights::{SafetensorsFiles, WeightsError};
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
@@ -246,7 +246,7 @@ fn a_missing_tensor_is_named() {
     )
     .expect_err("a tensor is missing");
     match &err {
-        UNetError::MissingTensor { name, .. } => assert_eq!(name, missing),
+        UNetError::Files(WeightsError::MissingTensor { name, .. }) => assert_eq!(name, missing),
         other => panic!("expected MissingTensor, got {other:?}"),
     }
     assert!(err.to_string().contains(missing), "{err}");

@@ -10,10 +10,10 @@
 
 use std::path::{Path, PathBuf};
 
-use infermine_agent::engine::diffusion::clip::{SafetensorsFiles, TensorSource};
 use infermine_agent::engine::diffusion::vae::{
     VaeConfig, VaeDecoder, VaeError, VaeLayout, to_rgb8,
 };
+use infermine_agent::engine::diffusion::weights::{SafetensorsFiles, TensorSource, WeightsError};
 use infermine_agent::engine::llm::weights::Weights;
 use tch::{Device, Kind, Tensor};
 
@@ -179,7 +179,10 @@ fn missing_tensor_error_names_it() {
         Kind::Float,
     )
     .expect_err("a missing tensor must fail the load");
-    assert!(matches!(error, VaeError::MissingTensor { .. }), "{error:?}");
+    assert!(
+        matches!(error, VaeError::Files(WeightsError::MissingTensor { .. })),
+        "{error:?}"
+    );
     assert!(error.to_string().contains(name), "{error}");
 }
 
@@ -193,7 +196,10 @@ fn flux_config_with_sd_weights_reports_the_shape() {
         Kind::Float,
     )
     .expect_err("16 latent channels against 4");
-    assert!(matches!(error, VaeError::Shape { .. }), "{error:?}");
+    assert!(
+        matches!(error, VaeError::Files(WeightsError::Shape { .. })),
+        "{error:?}"
+    );
     assert!(
         error.to_string().contains("decoder.conv_in.weight"),
         "{error}"

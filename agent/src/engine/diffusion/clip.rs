@@ -17,57 +17,19 @@
 //! `scripts/fixtures/diffusion_clip.py` runs that diffusers function on its fixture to confirm
 //! the inverse it writes.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
+use super::weights::{TensorSource, WeightsError, read_config};
+
 /// Why a CLIP text encoder could not be loaded or run. Messages say what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ClipError {
-    /// A file could not be read.
-    #[error("cannot read {path}: {error}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        error: std::io::Error,
-    },
-    /// `config.json` or a weights file is malformed or unsupported.
-    #[error("{path}: {problem}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong and what to do.
-        problem: String,
-    },
-    /// The weights lack a tensor the config requires.
-    #[error(
-        "tensor `{name}` is missing from {source_name}; the download is incomplete, the key \
-         prefix or layout is wrong, or the file is not this text encoder"
-    )]
-    MissingTensor {
-        /// The full tensor name looked up.
-        name: String,
-        /// Where it was looked up.
-        source_name: String,
-    },
-    /// A tensor's shape disagrees with the config.
-    #[error(
-        "tensor `{name}` in {source_name} has shape {found:?}, but the config implies \
-         {expected:?}; the weights do not belong to this config"
-    )]
-    Shape {
-        /// The full tensor name.
-        name: String,
-        /// Where it was found.
-        source_name: String,
-        /// The shape the config implies.
-        expected: Vec<i64>,
-        /// The stored shape.
-        found: Vec<i64>,
-    },
+    /// A file or tensor could not be read, or does not fit the config.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
     /// The caller passed input the encoder cannot take.
     #[error("invalid CLIP input: {0}")]
     Input(String),
@@ -124,14 +86,7 @@ impl ClipTextConfig {
     /// Reads a `config.json` (a diffusers `text_encoder/config.json`, or a CLIP model's with a
     /// `text_config` section).
     pub fn from_file(path: &Path) -> Result<Self, ClipError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ClipError::Io {
-            path: path.to_owned(),
-            error,
-        })?;
-        Self::from_json(&text).map_err(|problem| ClipError::File {
-            path: path.to_owned(),
-            problem,
-        })
+        Ok(read_config(path, Self::from_json)?)
     }
 
     /// Parses `config.json` text; the error says which field is wrong.
@@ -168,103 +123,6 @@ pub enum ClipLayout {
         /// Prepended to every name.
         prefix: String,
     },
-}
-
-/// Somewhere tensors can be looked up by name, checked against the shape the config implies.
-pub trait TensorSource {
-    /// Returns `name` as stored, after checking it has `shape`; errors name the tensor.
-    fn tensor(&self, name: &str, shape: &[i64]) -> Result<Tensor, ClipError>;
-
-    /// Whether `name` is present.
-    fn contains(&self, name: &str) -> bool;
-}
-
-/// Memory-mapped safetensors files (a multi-GB single-file checkpoint is never read whole):
-/// tensors are copied out one at a time, on the CPU in their stored dtype.
-impl TensorSource for crate::engine::llm::weights::Weights {
-    fn tensor(&self, name: &str, shape: &[i64]) -> Result<Tensor, ClipError> {
-        let found = self.shape(name).ok_or_else(|| ClipError::MissingTensor {
-            name: name.to_owned(),
-            source_name: self.describe(),
-        })?;
-        if found != shape {
-            return Err(ClipError::Shape {
-                name: name.to_owned(),
-                source_name: self.describe(),
-                expected: shape.to_vec(),
-                found,
-            });
-        }
-        self.load(name, shape, tch::Device::Cpu, None)
-            .map_err(|e| ClipError::File {
-                path: PathBuf::from(self.describe()),
-                problem: e.to_string(),
-            })
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        crate::engine::llm::weights::Weights::contains(self, name)
-    }
-}
-
-/// The tensors of safetensors files held in host memory. Fine for text encoders on their own;
-/// a full single-file checkpoint is read whole (a memory-mapped source can replace it).
-#[derive(Debug)]
-pub struct SafetensorsFiles {
-    name: String,
-    tensors: HashMap<String, Tensor>,
-}
-
-impl SafetensorsFiles {
-    /// Reads every tensor of `paths`.
-    pub fn read(paths: &[&Path]) -> Result<Self, ClipError> {
-        let mut tensors = HashMap::new();
-        for path in paths {
-            let read = Tensor::read_safetensors(path).map_err(|e| ClipError::File {
-                path: path.to_path_buf(),
-                problem: format!("is not a readable safetensors file ({e}); download it again"),
-            })?;
-            tensors.extend(read);
-        }
-        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        Ok(Self {
-            name: names.join(", "),
-            tensors,
-        })
-    }
-
-    /// Wraps tensors already in memory; `name` stands for their origin in error messages.
-    pub fn from_tensors(name: &str, tensors: impl IntoIterator<Item = (String, Tensor)>) -> Self {
-        Self {
-            name: name.to_owned(),
-            tensors: tensors.into_iter().collect(),
-        }
-    }
-}
-
-impl TensorSource for SafetensorsFiles {
-    fn tensor(&self, name: &str, shape: &[i64]) -> Result<Tensor, ClipError> {
-        let tensor = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| ClipError::MissingTensor {
-                name: name.to_owned(),
-                source_name: self.name.clone(),
-            })?;
-        if tensor.size() != shape {
-            return Err(ClipError::Shape {
-                name: name.to_owned(),
-                source_name: self.name.clone(),
-                expected: shape.to_vec(),
-                found: tensor.size(),
-            });
-        }
-        Ok(tensor.shallow_clone())
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
-    }
 }
 
 /// A weight and bias.

@@ -7,3 +7,4 @@ pub mod clip;
 pub mod scheduler;
 pub mod unet;
 pub mod vae;
+pub mod weights;

@@ -18,90 +18,27 @@
 //! `scripts/fixtures/diffusion_vae.py` runs that diffusers function on its fixtures to confirm
 //! the inverse it writes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
-use super::clip::{ClipError, TensorSource};
+use super::weights::{TensorSource, WeightsError, read_config};
 
 const EPS: f64 = 1e-6;
 
 /// Why the VAE decoder could not be loaded or run. Messages say what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum VaeError {
-    /// A file could not be read.
-    #[error("cannot read {path}: {error}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        error: std::io::Error,
-    },
-    /// `config.json` or a weights file is malformed or unsupported.
-    #[error("{path}: {problem}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong and what to do.
-        problem: String,
-    },
-    /// The weights lack a tensor the config requires.
-    #[error(
-        "tensor `{name}` is missing from {source_name}; the download is incomplete, the key \
-         prefix or layout is wrong, or the file holds no VAE"
-    )]
-    MissingTensor {
-        /// The full tensor name looked up.
-        name: String,
-        /// Where it was looked up.
-        source_name: String,
-    },
-    /// A tensor's shape disagrees with the config.
-    #[error(
-        "tensor `{name}` in {source_name} has shape {found:?}, but the config implies \
-         {expected:?}; the weights do not belong to this VAE config"
-    )]
-    Shape {
-        /// The full tensor name.
-        name: String,
-        /// Where it was found.
-        source_name: String,
-        /// The shape the config implies.
-        expected: Vec<i64>,
-        /// The stored shape.
-        found: Vec<i64>,
-    },
+    /// A file or tensor could not be read, or does not fit the config.
+    #[error(transparent)]
+    Files(#[from] WeightsError),
     /// The caller passed input the decoder cannot take.
     #[error("invalid VAE input: {0}")]
     Input(String),
     /// The weights could not be read or placed.
     #[error("{0}")]
     Weights(String),
-}
-
-impl From<ClipError> for VaeError {
-    fn from(error: ClipError) -> Self {
-        match error {
-            ClipError::MissingTensor { name, source_name } => {
-                Self::MissingTensor { name, source_name }
-            }
-            ClipError::Shape {
-                name,
-                source_name,
-                expected,
-                found,
-            } => Self::Shape {
-                name,
-                source_name,
-                expected,
-                found,
-            },
-            ClipError::Io { path, error } => Self::Io { path, error },
-            ClipError::File { path, problem } => Self::File { path, problem },
-            other => Self::Weights(other.to_string()),
-        }
-    }
 }
 
 /// The decode-path fields of a diffusers `AutoencoderKL` `vae/config.json`.
@@ -157,14 +94,7 @@ fn default_true() -> bool {
 impl VaeConfig {
     /// Reads a diffusers `vae/config.json`.
     pub fn from_file(path: &Path) -> Result<Self, VaeError> {
-        let text = std::fs::read_to_string(path).map_err(|error| VaeError::Io {
-            path: path.to_owned(),
-            error,
-        })?;
-        Self::from_json(&text).map_err(|problem| VaeError::File {
-            path: path.to_owned(),
-            problem,
-        })
+        Ok(read_config(path, Self::from_json)?)
     }
 
     /// Parses `config.json` text; the error says which field is wrong.
@@ -369,7 +299,7 @@ impl Loader<'_> {
     /// A `[c, c]` linear weight, or LDM's `[c, c, 1, 1]` conv weight squeezed to one.
     fn linear(&self, prefix: &str, c: i64) -> Result<Affine, VaeError> {
         match self.affine(prefix, &[c, c]) {
-            Err(VaeError::Shape { .. }) => {
+            Err(VaeError::Files(WeightsError::Shape { .. })) => {
                 let conv = self.conv(prefix, c, c, 1)?;
                 Ok(Affine {
                     weight: conv.weight.view([c, c]),

@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::UNetError;
 use super::ldm::LdmNames;
-use crate::engine::diffusion::clip::TensorSource;
+use crate::engine::diffusion::weights::TensorSource;
 
 /// The transformer's GroupNorm epsilon, fixed in diffusers' `Transformer2DModel`.
 const TRANSFORMER_GROUP_NORM_EPS: f64 = 1e-6;

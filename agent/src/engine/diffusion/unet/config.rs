@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Deserializer};
 
 use super::UNetError;
+use crate::engine::diffusion::weights::read_config;
 
 /// A diffusers `unet/config.json`. Fields diffusers accepts as an int or a per-block list hold
 /// the list as written (one element for an int); [`UNetConfig::per_block`] expands them.
@@ -184,14 +185,7 @@ fn default_shift() -> String {
 impl UNetConfig {
     /// Reads a diffusers `unet/config.json`.
     pub fn from_file(path: &Path) -> Result<Self, UNetError> {
-        let text = std::fs::read_to_string(path).map_err(|error| UNetError::Io {
-            path: path.to_owned(),
-            error,
-        })?;
-        Self::from_json(&text).map_err(|problem| UNetError::File {
-            path: path.to_owned(),
-            problem,
-        })
+        Ok(read_config(path, Self::from_json)?)
     }
 
     /// Parses `config.json` text; the error says which field is wrong.

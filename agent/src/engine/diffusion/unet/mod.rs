@@ -22,60 +22,19 @@ mod blocks;
 mod config;
 mod ldm;
 
-use std::path::PathBuf;
-
 use tch::{Device, Kind, Tensor};
 
 use self::blocks::{Affine, Level, Loader, Resnet, Transformer2D, TransformerShape};
 pub use self::config::UNetConfig;
 use self::ldm::LdmNames;
-use super::clip::{ClipError, TensorSource};
+use super::weights::{TensorSource, WeightsError};
 
 /// Why the UNet could not be loaded or run. Messages say what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum UNetError {
-    /// A file could not be read.
-    #[error("cannot read {path}: {error}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        error: std::io::Error,
-    },
-    /// `config.json` or a weights file is malformed or unsupported.
-    #[error("{path}: {problem}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong and what to do.
-        problem: String,
-    },
-    /// The weights lack a tensor the config requires.
-    #[error(
-        "tensor `{name}` is missing from {source_name}; the download is incomplete, the key \
-         prefix or layout is wrong, or the file holds no UNet"
-    )]
-    MissingTensor {
-        /// The full tensor name looked up.
-        name: String,
-        /// Where it was looked up.
-        source_name: String,
-    },
-    /// A tensor's shape disagrees with the config.
-    #[error(
-        "tensor `{name}` in {source_name} has shape {found:?}, but the config implies \
-         {expected:?}; the weights do not belong to this UNet config"
-    )]
-    Shape {
-        /// The full tensor name.
-        name: String,
-        /// Where it was found.
-        source_name: String,
-        /// The shape the config implies.
-        expected: Vec<i64>,
-        /// The stored shape.
-        found: Vec<i64>,
-    },
+    /// A file or tensor could not be read, or does not fit the config.
+    #[error(transparent)]
+    Files(#[from] WeightsError),
     /// The caller passed input the UNet cannot take.
     #[error("invalid UNet input: {0}")]
     Input(String),
@@ -85,30 +44,6 @@ pub enum UNetError {
     /// The weights could not be read or placed.
     #[error("{0}")]
     Weights(String),
-}
-
-impl From<ClipError> for UNetError {
-    fn from(error: ClipError) -> Self {
-        match error {
-            ClipError::MissingTensor { name, source_name } => {
-                Self::MissingTensor { name, source_name }
-            }
-            ClipError::Shape {
-                name,
-                source_name,
-                expected,
-                found,
-            } => Self::Shape {
-                name,
-                source_name,
-                expected,
-                found,
-            },
-            ClipError::Io { path, error } => Self::Io { path, error },
-            ClipError::File { path, problem } => Self::File { path, problem },
-            other => Self::Weights(other.to_string()),
-        }
-    }
 }
 
 /// How the UNet's tensors are named in a file.
