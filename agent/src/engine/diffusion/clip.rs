@@ -22,7 +22,7 @@ use std::path::Path;
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
-use super::weights::{TensorSource, WeightsError, read_config};
+use super::weights::{TensorSource, WeightsError, place, read_config};
 
 /// Why a CLIP text encoder could not be loaded or run. Messages say what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +33,6 @@ pub enum ClipError {
     /// The caller passed input the encoder cannot take.
     #[error("invalid CLIP input: {0}")]
     Input(String),
-    /// libtorch failed.
-    #[error("{0}")]
-    Torch(String),
 }
 
 /// The MLP activation, from `config.json`'s `hidden_act`.
@@ -163,11 +160,7 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor, ClipError> {
-        let tensor = self.source.tensor(name, shape)?;
-        tensor
-            .f_to_device(self.device)
-            .and_then(|t| t.f_to_kind(self.kind))
-            .map_err(|e| ClipError::Torch(format!("placing tensor `{name}`: {e}")))
+        Ok(place(self.source, name, shape, self.device, self.kind)?)
     }
 
     fn affine(&self, prefix: &str, out: i64, input: Option<i64>) -> Result<Affine, ClipError> {

@@ -23,7 +23,7 @@ use std::path::Path;
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
-use super::weights::{TensorSource, WeightsError, read_config};
+use super::weights::{TensorSource, WeightsError, place, read_config};
 
 const EPS: f64 = 1e-6;
 
@@ -36,9 +36,6 @@ pub enum VaeError {
     /// The caller passed input the decoder cannot take.
     #[error("invalid VAE input: {0}")]
     Input(String),
-    /// The weights could not be read or placed.
-    #[error("{0}")]
-    Weights(String),
 }
 
 /// The decode-path fields of a diffusers `AutoencoderKL` `vae/config.json`.
@@ -274,11 +271,7 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor, VaeError> {
-        let tensor = self.source.tensor(name, shape)?;
-        tensor
-            .f_to_device(self.device)
-            .and_then(|t| t.f_to_kind(self.kind))
-            .map_err(|e| VaeError::Weights(format!("placing tensor `{name}`: {e}")))
+        Ok(place(self.source, name, shape, self.device, self.kind)?)
     }
 
     fn affine(&self, prefix: &str, weight: &[i64]) -> Result<Affine, VaeError> {

@@ -56,6 +56,35 @@ pub enum WeightsError {
         /// The stored shape.
         found: Vec<i64>,
     },
+    /// libtorch could not copy the tensor to its device (usually: out of device memory).
+    #[error(
+        "cannot place tensor `{name}` on the device: {detail}; if the device is out of memory, \
+         choose a smaller model or free the GPU"
+    )]
+    Place {
+        /// The full tensor name.
+        name: String,
+        /// libtorch's message.
+        detail: String,
+    },
+}
+
+/// Reads `name` from `source` (checking its shape) and places it on `device` as `kind`.
+pub fn place(
+    source: &dyn TensorSource,
+    name: &str,
+    shape: &[i64],
+    device: tch::Device,
+    kind: tch::Kind,
+) -> Result<Tensor, WeightsError> {
+    source
+        .tensor(name, shape)?
+        .f_to_device(device)
+        .and_then(|t| t.f_to_kind(kind))
+        .map_err(|e| WeightsError::Place {
+            name: name.to_owned(),
+            detail: e.to_string(),
+        })
 }
 
 /// Reads a component's `config.json` and parses it with `parse`, whose error says which field

@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::UNetError;
 use super::ldm::LdmNames;
-use crate::engine::diffusion::weights::TensorSource;
+use crate::engine::diffusion::weights::{TensorSource, place};
 
 /// The transformer's GroupNorm epsilon, fixed in diffusers' `Transformer2DModel`.
 const TRANSFORMER_GROUP_NORM_EPS: f64 = 1e-6;
@@ -71,11 +71,7 @@ impl Loader<'_> {
             Some(ldm) => format!("{}{}", self.prefix, ldm.rename(name)),
             None => format!("{}{name}", self.prefix),
         };
-        let tensor = self.source.tensor(&name, shape)?;
-        tensor
-            .f_to_device(self.device)
-            .and_then(|t| t.f_to_kind(self.kind))
-            .map_err(|e| UNetError::Weights(format!("placing tensor `{name}`: {e}")))
+        Ok(place(self.source, &name, shape, self.device, self.kind)?)
     }
 
     fn affine(&self, at: &str, weight: &[i64], bias: bool) -> Result<Affine, UNetError> {
