@@ -7,8 +7,11 @@
 //! padded prompts in `tests/fixtures/diffusion/clip/`. Every layout must reproduce every output
 //! within 1e-4 on the CPU in f32.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::PathBuf;
+
+use common::Fixtures;
 use infermine_agent::engine::diffusion::clip::{
     ClipError, ClipLayout, ClipTextConfig, ClipTextModel,
 };
@@ -17,10 +20,10 @@ use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
 
+const FIXTURES: Fixtures = Fixtures("clip");
+
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/diffusion/clip")
-        .join(name)
+    FIXTURES.path(name)
 }
 
 fn config(model: &str) -> ClipTextConfig {
@@ -28,7 +31,7 @@ fn config(model: &str) -> ClipTextConfig {
 }
 
 fn files(name: &str) -> SafetensorsFiles {
-    SafetensorsFiles::read(&[&fixture(name)]).expect("fixture weights")
+    FIXTURES.files(name)
 }
 
 fn hf(prefix: &str) -> ClipLayout {
@@ -51,12 +54,7 @@ fn load(model: &str, source: &dyn TensorSource, layout: &ClipLayout) -> ClipText
 }
 
 fn golden(model: &str, what: &str) -> Tensor {
-    let name = format!("{model}.{what}");
-    Tensor::read_safetensors(fixture("golden.safetensors"))
-        .expect("golden.safetensors")
-        .into_iter()
-        .find_map(|(n, t)| (n == name).then_some(t))
-        .unwrap_or_else(|| panic!("golden `{name}` missing"))
+    FIXTURES.golden(model, what)
 }
 
 fn assert_close(what: &str, got: &Tensor, want: &Tensor) {

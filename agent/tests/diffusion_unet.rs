@@ -9,8 +9,11 @@
 //! (`model.diffusion_model.`) that diffusers' `convert_ldm_unet_checkpoint` maps back exactly.
 //! Each layout must reproduce the prediction within 1e-4 on the CPU in f32.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::PathBuf;
+
+use common::Fixtures;
 use infermine_agent::engine::diffusion::unet::{
     AddedCond, UNet, UNetConfig, UNetError, UNetLayout,
 };
@@ -19,10 +22,10 @@ use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
 
+const FIXTURES: Fixtures = Fixtures("unet");
+
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/diffusion/unet")
-        .join(name)
+    FIXTURES.path(name)
 }
 
 fn config(model: &str) -> UNetConfig {

@@ -8,8 +8,11 @@
 //! `tests/fixtures/diffusion/vae/`. Every layout must reproduce the decode within 1e-4 on the
 //! CPU in f32, and the pixels exactly.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::PathBuf;
+
+use common::Fixtures;
 use infermine_agent::engine::diffusion::vae::{
     VaeConfig, VaeDecoder, VaeError, VaeLayout, to_rgb8,
 };
@@ -19,10 +22,10 @@ use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
 
+const FIXTURES: Fixtures = Fixtures("vae");
+
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/diffusion/vae")
-        .join(name)
+    FIXTURES.path(name)
 }
 
 fn config(model: &str) -> VaeConfig {
@@ -30,7 +33,7 @@ fn config(model: &str) -> VaeConfig {
 }
 
 fn files(name: &str) -> SafetensorsFiles {
-    SafetensorsFiles::read(&[&fixture(name)]).expect("fixture weights")
+    FIXTURES.files(name)
 }
 
 fn diffusers() -> VaeLayout {
@@ -50,12 +53,7 @@ fn load(model: &str, source: &dyn TensorSource, layout: &VaeLayout) -> VaeDecode
 }
 
 fn golden(model: &str, what: &str) -> Tensor {
-    let name = format!("{model}.{what}");
-    Tensor::read_safetensors(fixture("golden.safetensors"))
-        .expect("golden.safetensors")
-        .into_iter()
-        .find_map(|(n, t)| (n == name).then_some(t))
-        .unwrap_or_else(|| panic!("golden `{name}` missing"))
+    FIXTURES.golden(model, what)
 }
 
 /// Decodes the golden latents and checks the image and its pixels.
