@@ -121,6 +121,10 @@ pub struct ImageParams {
     /// absent.
     #[serde(default)]
     pub scheduler: Option<String>,
+    /// Strength of the model's LoRA (`1.0` as trained, `0.0` off); only for models that
+    /// carry a LoRA. The model's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_scale: Option<f32>,
 }
 
 fn default_guidance() -> f32 {

@@ -23,6 +23,7 @@ fn image(width: u32, height: u32, steps: u32) -> ImageParams {
         guidance_scale: 7.5,
         seed: 1,
         scheduler: None,
+        lora_scale: None,
     }
 }
 
