@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use infermine_agent::config::ModelsCommand;
-use infermine_agent::engine::llm::synth::{DEMO_MODELS, synth as synth_model};
+use infermine_agent::engine::demo::{demo_models, synth as synth_model};
 use infermine_agent::{AgentConfig, Cli, Command, run_agent, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
 /// `models synth`: writes each requested demo model and says where.
 fn synth(models: &[String], out: &std::path::Path) -> ExitCode {
     let ids: Vec<&str> = if models.iter().any(|m| m == "all") {
-        DEMO_MODELS.to_vec()
+        demo_models().collect()
     } else {
         models.iter().map(String::as_str).collect()
     };

@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use infermine_agent::engine::CancelToken;
+use infermine_agent::engine::demo::synth;
 use infermine_agent::engine::llm::LlmEngine;
-use infermine_agent::engine::llm::synth::{DEMO_MODELS, synth};
+use infermine_agent::engine::llm::synth::DEMO_MODELS;
 use infermine_protocol::{ChatMessage, LlmParams};
 use tch::{Device, Kind};
 

@@ -7,10 +7,12 @@
 //! synthetic test engine, or the [`llm`] engine for a Hugging Face model folder in the models
 //! directory.
 
+pub mod demo;
 pub mod diffusion;
 pub mod llm;
 mod synthetic;
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,10 +42,10 @@ pub fn check_available(model: &str, models_dir: &Path) -> Result<(), String> {
         return Err(format!("`{model}` is not a model id (ids have no slashes)"));
     }
     let dir = model_dir(models_dir, model);
-    if dir.join("config.json").is_file() {
+    if ModelFormat::detect(&dir).is_some() {
         return Ok(());
     }
-    let demo = if llm::synth::DEMO_MODELS.contains(&model) {
+    let demo = if demo::is_demo_model(model) {
         format!(
             "; it is a demo model: `infermine-agent models synth --model {model} --out {}` writes it",
             models_dir.display()
@@ -52,7 +54,8 @@ pub fn check_available(model: &str, models_dir: &Path) -> Result<(), String> {
         String::new()
     };
     Err(format!(
-        "model `{model}` has no folder with a config.json at {}: download the model's files there{demo}",
+        "model `{model}` has no model folder at {} (a config.json for an LLM, a model_index.json for \
+         a diffusers pipeline): download the model's files there{demo}",
         dir.display()
     ))
 }
@@ -141,9 +144,62 @@ pub fn create(
         return Ok(Box::new(SyntheticEngine));
     }
     check_available(model, models_dir).map_err(EngineError::Agent)?;
+    let dir = model_dir(models_dir, model);
     let (torch_device, dtype) = llm::placement(device);
-    let engine = llm::LlmEngine::load(&model_dir(models_dir, model), torch_device, dtype)
-        .map_err(|e| EngineError::Agent(format!("cannot load model `{model}`: {e}")))?;
+    let engine: Box<dyn Engine> = match ModelFormat::detect(&dir) {
+        Some(ModelFormat::Diffusers) => Box::new(diffusion::engine::DiffusionEngine::load(
+            model,
+            &dir,
+            torch_device,
+        )?),
+        Some(ModelFormat::HuggingFaceLlm) | None => Box::new(
+            llm::LlmEngine::load(&dir, torch_device, dtype)
+                .map_err(|e| EngineError::Agent(format!("cannot load model `{model}`: {e}")))?,
+        ),
+    };
     tracing::info!(model, device = ?torch_device, "model loaded");
-    Ok(Box::new(engine))
+    Ok(engine)
+}
+
+/// What kind of model folder a model directory holds, by its index file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A Hugging Face transformers folder (`config.json`): the LLM engine.
+    HuggingFaceLlm,
+    /// A diffusers pipeline folder (`model_index.json`): the diffusion engine.
+    Diffusers,
+}
+
+impl ModelFormat {
+    /// The format of the folder `dir`, if it is one.
+    pub fn detect(dir: &Path) -> Option<Self> {
+        if dir.join("model_index.json").is_file() {
+            Some(Self::Diffusers)
+        } else if dir.join("config.json").is_file() {
+            Some(Self::HuggingFaceLlm)
+        } else {
+            None
+        }
+    }
+}
+
+/// Runs `f`, turning a libtorch panic (tch's infallible calls panic on errors such as
+/// running out of device memory) into an error that says what failed.
+pub(crate) fn catch_torch_panic<T>(during: &str, f: impl FnOnce() -> T) -> Result<T, EngineError> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        let detail = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        if detail.contains("out of memory") {
+            EngineError::Agent(format!(
+                "out of device memory while {during}; choose a smaller model, or free the GPU \
+                 ({})",
+                detail.lines().next().unwrap_or_default()
+            ))
+        } else {
+            EngineError::Transient(format!("libtorch failed while {during}: {detail}"))
+        }
+    })
 }

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use infermine_agent::engine::llm::synth::synth;
+use infermine_agent::engine::demo::synth;
 use infermine_tests::{AgentProcess, Backend, TestServer, WALLET};
 use serde_json::Value;
 

@@ -3,10 +3,14 @@
 //! checkpoint layout miners download.
 
 pub mod clip;
+pub mod clip_tokenizer;
+pub mod engine;
 pub mod flux;
 pub mod lora;
 pub mod nf4;
+pub mod pipeline;
 pub mod scheduler;
+pub mod synth;
 pub mod t5;
 pub mod unet;
 pub mod vae;

@@ -6,7 +6,6 @@
 //! strings, stream the text that is certain. It ends at an end-of-sequence token, a stop
 //! string, or `max_tokens`.
 
-use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
 use infermine_protocol::{
@@ -65,7 +64,7 @@ impl LlmEngine {
                 ),
             });
         }
-        let model = catch("loading the weights", || {
+        let model = super::super::catch_torch_panic("loading the weights", || {
             Transformer::load(dir, config, device, dtype)
         })
         .map_err(|e| LlmError::Torch(e.to_string()))??;
@@ -109,7 +108,7 @@ impl LlmEngine {
             ));
         }
         let _no_grad = tch::no_grad_guard();
-        catch("generating", || {
+        super::super::catch_torch_panic("generating", || {
             self.decode_loop(params, &prompt, max_new, cancel, on_text)
         })?
     }
@@ -211,25 +210,4 @@ impl Engine for LlmEngine {
             finish_reason: completion.finish_reason.to_owned(),
         })
     }
-}
-
-/// Runs `f`, turning a libtorch panic (tch's infallible calls panic on errors such as
-/// running out of device memory) into an error that says what failed.
-fn catch<T>(during: &str, f: impl FnOnce() -> T) -> Result<T, EngineError> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        let detail = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown panic");
-        if detail.contains("out of memory") {
-            EngineError::Agent(format!(
-                "out of device memory while {during}; choose a smaller model, or free the GPU \
-                 ({})",
-                detail.lines().next().unwrap_or_default()
-            ))
-        } else {
-            EngineError::Transient(format!("libtorch failed while {during}: {detail}"))
-        }
-    })
 }

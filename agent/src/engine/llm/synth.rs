@@ -7,15 +7,14 @@
 //! are random: the models produce gibberish, quickly, on a CPU.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use safetensors::{Dtype, View};
 
 use super::synth_tokenizer::{ChatStyle, synth_tokenizer};
+use crate::engine::demo::{Raw, SynthError, f16s, f32s, i32s};
 
-/// The demo model ids, in the registry's order.
+/// The demo LLM ids, in the registry's order.
 pub const DEMO_MODELS: &[&str] = &[
     "tiny-llama",
     "tiny-mistral",
@@ -33,23 +32,8 @@ const MAX_POSITIONS: usize = 512;
 const EXPERTS: usize = 4;
 const GPTQ_GROUP: usize = 32;
 
-/// Why a demo model could not be written.
-#[derive(Debug, thiserror::Error)]
-pub enum SynthError {
-    #[error("`{0}` is not a demo model; the demo models are {list}", list = DEMO_MODELS.join(", "))]
-    UnknownModel(String),
-    #[error("cannot write {path}: {error}")]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{0}")]
-    Build(String),
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Spec {
-    id: &'static str,
     model_type: &'static str,
     class: &'static str,
     style: ChatStyle,
@@ -94,9 +78,7 @@ fn spec(id: &str) -> Option<Spec> {
         ),
         _ => return None,
     };
-    let id = DEMO_MODELS.iter().find(|m| **m == id)?;
     Some(Spec {
-        id,
         model_type,
         class,
         style,
@@ -106,44 +88,31 @@ fn spec(id: &str) -> Option<Spec> {
     })
 }
 
-/// Writes demo model `id` into `out/<id>/` and returns that folder. The files are written
-/// into a temporary folder first and moved into place, so a failure leaves no half model.
-pub fn synth(id: &str, out: &Path) -> Result<PathBuf, SynthError> {
+/// The files of demo model `id`, relative to its folder (written by
+/// [`crate::engine::demo::synth`]).
+pub fn files(id: &str) -> Result<Vec<(String, Vec<u8>)>, SynthError> {
     let spec = spec(id).ok_or_else(|| SynthError::UnknownModel(id.to_owned()))?;
     let tokenizer = synth_tokenizer(spec.style, VOCAB)
         .map_err(|e| SynthError::Build(format!("tokenizer: {e}")))?;
-    let files = [
+    Ok(vec![
         (
-            "config.json",
+            "config.json".to_owned(),
             config_json(&spec, tokenizer.bos_id, tokenizer.eos_id),
         ),
-        ("tokenizer.json", tokenizer.tokenizer_json.into_bytes()),
         (
-            "tokenizer_config.json",
+            "tokenizer.json".to_owned(),
+            tokenizer.tokenizer_json.into_bytes(),
+        ),
+        (
+            "tokenizer_config.json".to_owned(),
             tokenizer.tokenizer_config_json.into_bytes(),
         ),
         (
-            "generation_config.json",
+            "generation_config.json".to_owned(),
             tokenizer.generation_config_json.into_bytes(),
         ),
-        ("model.safetensors", weights(&spec)?),
-    ];
-    let dest = out.join(spec.id);
-    let staging = out.join(format!(".{}.partial-{}", spec.id, std::process::id()));
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |error| SynthError::Io { path, error }
-    };
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    for (name, bytes) in &files {
-        let path = staging.join(name);
-        std::fs::write(&path, bytes).map_err(io(&path))?;
-    }
-    if dest.exists() {
-        std::fs::remove_dir_all(&dest).map_err(io(&dest))?;
-    }
-    std::fs::rename(&staging, &dest).map_err(io(&dest))?;
-    Ok(dest)
+        ("model.safetensors".to_owned(), weights(&spec)?),
+    ])
 }
 
 fn config_json(spec: &Spec, bos: u32, eos: u32) -> Vec<u8> {
@@ -197,44 +166,6 @@ fn config_json(spec: &Spec, bos: u32, eos: u32) -> Vec<u8> {
 }
 
 /// A tensor to be written: dtype, shape and little-endian bytes.
-#[derive(Debug)]
-struct Raw {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl View for &Raw {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
-fn f32s(shape: Vec<usize>, values: &[f32]) -> Raw {
-    Raw {
-        dtype: Dtype::F32,
-        shape,
-        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    }
-}
-
-fn i32s(shape: Vec<usize>, values: &[i32]) -> Raw {
-    Raw {
-        dtype: Dtype::I32,
-        shape,
-        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    }
-}
-
 /// Uniform random values in `[-scale, scale]`.
 fn random(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-scale..=scale)).collect()
@@ -385,14 +316,7 @@ fn gptq_pack(w: &[f32], out: usize, inp: usize, rng: &mut ChaCha8Rng) -> Vec<(&'
     vec![
         ("qweight", i32s(vec![inp / 8, out], &qweight)),
         ("qzeros", i32s(vec![groups, out / 8], &qzeros)),
-        (
-            "scales",
-            Raw {
-                dtype: Dtype::F16,
-                shape: vec![groups, out],
-                data: scales16.iter().flat_map(|s| s.to_le_bytes()).collect(),
-            },
-        ),
+        ("scales", f16s(vec![groups, out], &scales16)),
         ("g_idx", i32s(vec![inp], &g_idx)),
     ]
 }
