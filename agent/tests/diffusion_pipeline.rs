@@ -24,14 +24,25 @@ fn cases() -> Value {
 
 fn request(case: &Value) -> ImageRequest {
     ImageRequest {
-        prompt: case["prompt"].as_str().unwrap().to_owned(),
+        prompt: case["prompt"]
+            .as_str()
+            .expect("cases.json is well formed")
+            .to_owned(),
         negative_prompt: case["negative_prompt"].as_str().map(str::to_owned),
-        width: case["width"].as_u64().unwrap() as u32,
-        height: case["height"].as_u64().unwrap() as u32,
-        steps: case["steps"].as_u64().unwrap() as u32,
-        guidance_scale: case["guidance_scale"].as_f64().unwrap() as f32,
-        seed: case["seed"].as_u64().unwrap(),
-        sampler: Some(case["sampler"].as_str().unwrap().parse().unwrap()),
+        width: case["width"].as_u64().expect("cases.json is well formed") as u32,
+        height: case["height"].as_u64().expect("cases.json is well formed") as u32,
+        steps: case["steps"].as_u64().expect("cases.json is well formed") as u32,
+        guidance_scale: case["guidance_scale"]
+            .as_f64()
+            .expect("cases.json is well formed") as f32,
+        seed: case["seed"].as_u64().expect("cases.json is well formed"),
+        sampler: Some(
+            case["sampler"]
+                .as_str()
+                .expect("cases.json is well formed")
+                .parse()
+                .expect("cases.json is well formed"),
+        ),
     }
 }
 
@@ -49,20 +60,24 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn every_case_renders_what_diffusers_renders() {
-    let models = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().expect("succeeds");
     let pipes = [
         ("tiny-sd15", load(models.path(), "tiny-sd15")),
         ("tiny-sdxl", load(models.path(), "tiny-sdxl")),
     ];
     let cases = cases();
-    let cases = cases["cases"].as_object().unwrap();
+    let cases = cases["cases"].as_object().expect("succeeds");
     assert_eq!(cases.len(), 7);
     let mut failures = Vec::new();
     for (name, case) in cases {
-        let model = case["model"].as_str().unwrap();
-        let pipe = &pipes.iter().find(|(id, _)| *id == model).unwrap().1;
+        let model = case["model"].as_str().expect("cases.json is well formed");
+        let pipe = &pipes
+            .iter()
+            .find(|(id, _)| *id == model)
+            .expect("succeeds")
+            .1;
         let request = request(case);
-        let latents = pipe.denoise(&request, &|| false).unwrap();
+        let latents = pipe.denoise(&request, &|| false).expect("succeeds");
         let want = FIXTURES.golden(name, "latents");
         assert_eq!(latents.size(), want.size(), "{name}");
         // Relative to the latents' size: after the last step they are O(10).
@@ -72,7 +87,7 @@ fn every_case_renders_what_diffusers_renders() {
             failures.push(format!("{name}: latents differ by {diff}"));
             continue;
         }
-        let image = pipe.render(&request, &|| false).unwrap();
+        let image = pipe.render(&request, &|| false).expect("succeeds");
         let want = FIXTURES.golden(name, "rgb8");
         assert_eq!(image.rgb.size(), want.size(), "{name}");
         assert_eq!(image.rgb.kind(), Kind::Uint8);
@@ -86,18 +101,22 @@ fn every_case_renders_what_diffusers_renders() {
 
 #[test]
 fn the_tokenizers_give_the_reference_ids() {
-    let models = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().expect("succeeds");
     let meta = cases();
-    let prompts = meta["token_prompts"].as_array().unwrap();
+    let prompts = meta["token_prompts"]
+        .as_array()
+        .expect("cases.json is well formed");
     for (model, tokenizers) in [
         ("tiny-sd15", &["tokenizer"][..]),
         ("tiny-sdxl", &["tokenizer", "tokenizer_2"][..]),
     ] {
-        let dir = synth(model, models.path()).unwrap();
+        let dir = synth(model, models.path()).expect("succeeds");
         for name in tokenizers {
-            let tokenizer = ClipTokenizer::from_dir(&dir.join(name)).unwrap();
+            let tokenizer = ClipTokenizer::from_dir(&dir.join(name)).expect("succeeds");
             for (i, prompt) in prompts.iter().enumerate() {
-                let ids = tokenizer.encode(prompt.as_str().unwrap()).unwrap();
+                let ids = tokenizer
+                    .encode(prompt.as_str().expect("cases.json is well formed"))
+                    .expect("cases.json is well formed");
                 let want = FIXTURES.golden(&format!("tokens.{model}.{name}"), &i.to_string());
                 assert_eq!(Tensor::from_slice(&ids), want, "{model} {name} prompt {i}");
             }
@@ -107,36 +126,36 @@ fn the_tokenizers_give_the_reference_ids() {
 
 #[test]
 fn a_cancelled_render_stops_between_steps() {
-    let models = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().expect("succeeds");
     let pipe = load(models.path(), "tiny-sd15");
     let mut req = request(&cases()["cases"]["sd15_euler"]);
     req.steps = 5;
-    let err = pipe.render(&req, &|| true).unwrap_err();
+    let err = pipe.render(&req, &|| true).expect_err("is refused");
     assert!(matches!(err, PipelineError::Cancelled), "{err}");
 }
 
 #[test]
 fn sizes_off_the_latent_grid_are_refused_before_any_work() {
-    let models = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().expect("succeeds");
     let pipe = load(models.path(), "tiny-sd15");
     let mut req = request(&cases()["cases"]["sd15_euler"]);
     req.width = 60;
-    let err = pipe.render(&req, &|| false).unwrap_err();
+    let err = pipe.render(&req, &|| false).expect_err("is refused");
     assert!(err.to_string().contains("multiples of 8"), "{err}");
 }
 
 #[test]
 fn the_same_seed_gives_the_same_image_and_another_seed_another() {
-    let models = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().expect("succeeds");
     let pipe = load(models.path(), "tiny-sdxl");
     let req = request(&cases()["cases"]["sdxl_euler_a_negative"]);
-    let a = pipe.render(&req, &|| false).unwrap().rgb;
-    let b = pipe.render(&req, &|| false).unwrap().rgb;
+    let a = pipe.render(&req, &|| false).expect("succeeds").rgb;
+    let b = pipe.render(&req, &|| false).expect("succeeds").rgb;
     assert_eq!(a, b);
     let other = ImageRequest {
         seed: req.seed + 1,
         ..req
     };
-    let c = pipe.render(&other, &|| false).unwrap().rgb;
+    let c = pipe.render(&other, &|| false).expect("succeeds").rgb;
     assert!(max_abs_diff(&a, &c) > 10.0);
 }

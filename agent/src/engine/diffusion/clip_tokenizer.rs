@@ -79,6 +79,14 @@ impl ClipTokenizer {
         })
     }
 
+    /// CLIP's own vocabulary (49,408 tokens, the one SD 1.5's CLIP-L and SDXL's two encoders
+    /// use), built from the merge list shipped with the agent (`agent/assets/clip/`), padding
+    /// with `pad`. Single-file checkpoints carry no tokenizer files; this stands in for them.
+    pub fn builtin(pad: &str) -> Result<Self, String> {
+        let (vocab, merges) = builtin_vocab()?;
+        Self::new(&vocab, &merges, pad, MAX_LENGTH)
+    }
+
     /// Builds the tokenizer from the text of `vocab.json` and `merges.txt`.
     pub fn new(vocab: &str, merges: &str, pad: &str, max_length: usize) -> Result<Self, String> {
         let vocab: HashMap<String, u32> = serde_json::from_str(vocab)
@@ -176,6 +184,54 @@ impl ClipTokenizer {
     pub fn max_length(&self) -> usize {
         self.max_length
     }
+}
+
+/// The merge list of OpenAI's CLIP, gzip-compressed.
+const CLIP_MERGES_GZ: &[u8] = include_bytes!("../../../assets/clip/bpe_simple_vocab_16e6.txt.gz");
+/// Merges CLIP uses from that list (49,408 tokens − 2 × 256 byte symbols − 2 special tokens).
+const CLIP_MERGES: usize = 49_152 - 256 - 2;
+
+/// `vocab.json` and `merges.txt` text of CLIP's vocabulary, derived from the merge list as
+/// OpenAI's `simple_tokenizer.py` derives it: the byte symbols in GPT-2's order, the same with
+/// `</w>`, one token per merge, then the two special tokens.
+fn builtin_vocab() -> Result<(String, String), String> {
+    use std::io::Read;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(CLIP_MERGES_GZ)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("the built-in CLIP merge list is damaged ({e}); rebuild the agent"))?;
+    let merges: Vec<&str> = text.lines().skip(1).take(CLIP_MERGES).collect();
+    let symbols = gpt2_byte_symbols();
+    let mut tokens: Vec<String> = symbols.iter().map(char::to_string).collect();
+    tokens.extend(symbols.iter().map(|c| format!("{c}</w>")));
+    tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
+    tokens.extend([BOS.to_owned(), EOS.to_owned()]);
+    let vocab: BTreeMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let vocab = serde_json::to_string(&vocab).expect("a map of strings serializes");
+    Ok((vocab, format!("#version: 0.2\n{}\n", merges.join("\n"))))
+}
+
+/// GPT-2's `bytes_to_unicode` symbols in its order: the printable Latin-1 bytes as themselves,
+/// then the other bytes mapped to U+0100 onwards.
+fn gpt2_byte_symbols() -> Vec<char> {
+    let printable = |b: u32| {
+        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+    };
+    let mut symbols: Vec<char> = (0..256u32)
+        .filter(|&b| printable(b))
+        .filter_map(char::from_u32)
+        .collect();
+    symbols.extend(
+        (0..256u32)
+            .filter(|&b| !printable(b))
+            .enumerate()
+            .filter_map(|(n, _)| char::from_u32(256 + n as u32)),
+    );
+    symbols
 }
 
 /// A special token as tokenizer configs write it: a string, or `{"content": ...}`.
@@ -302,28 +358,31 @@ mod tests {
 
     fn tiny() -> ClipTokenizer {
         let v = synth_vocab(120);
-        ClipTokenizer::new(&v.vocab_json, &v.merges_txt, EOS, MAX_LENGTH).unwrap()
+        ClipTokenizer::new(&v.vocab_json, &v.merges_txt, EOS, MAX_LENGTH).expect("succeeds")
     }
 
     #[test]
     fn prompts_are_wrapped_and_padded_to_the_fixed_length() {
         let v = synth_vocab(120);
-        let vocab: HashMap<String, i64> = serde_json::from_str(&v.vocab_json).unwrap();
-        let ids = tiny().encode("A photo of a CAT").unwrap();
+        let vocab: HashMap<String, i64> = serde_json::from_str(&v.vocab_json).expect("succeeds");
+        let ids = tiny().encode("A photo of a CAT").expect("succeeds");
         assert_eq!(ids.len(), MAX_LENGTH);
         assert_eq!(ids[0], vocab[BOS]);
-        let eos = ids.iter().position(|&id| id == vocab[EOS]).unwrap();
+        let eos = ids
+            .iter()
+            .position(|&id| id == vocab[EOS])
+            .expect("succeeds");
         assert!(eos > 1 && eos < 10, "eos at {eos}");
         assert!(ids[eos..].iter().all(|&id| id == vocab[EOS]));
         // Lowercased: the same ids as the lowercase prompt.
-        assert_eq!(ids, tiny().encode("a photo  of a cat").unwrap());
+        assert_eq!(ids, tiny().encode("a photo  of a cat").expect("succeeds"));
     }
 
     #[test]
     fn long_prompts_are_truncated_keeping_the_end_token() {
         let v = synth_vocab(120);
-        let vocab: HashMap<String, i64> = serde_json::from_str(&v.vocab_json).unwrap();
-        let ids = tiny().encode(&"castle ".repeat(200)).unwrap();
+        let vocab: HashMap<String, i64> = serde_json::from_str(&v.vocab_json).expect("succeeds");
+        let ids = tiny().encode(&"castle ".repeat(200)).expect("succeeds");
         assert_eq!(ids.len(), MAX_LENGTH);
         assert_eq!(ids[MAX_LENGTH - 1], vocab[EOS]);
         assert_ne!(ids[MAX_LENGTH - 2], vocab[EOS]);
@@ -338,11 +397,27 @@ mod tests {
     }
 
     #[test]
+    fn the_builtin_vocabulary_is_clips() {
+        let tokenizer = ClipTokenizer::builtin(EOS).expect("succeeds");
+        let ids = tokenizer.encode("a photo of a cat").expect("succeeds");
+        assert_eq!(&ids[..7], &[49406, 320, 1125, 539, 320, 2368, 49407]);
+        assert!(ids[7..].iter().all(|&id| id == 49407));
+        let sdxl_second = ClipTokenizer::builtin("!").expect("succeeds");
+        let ids = sdxl_second.encode("a photo of a cat").expect("succeeds");
+        assert_eq!(ids[7..], [0; 70]);
+        let (vocab, _) = builtin_vocab().expect("succeeds");
+        let vocab: HashMap<String, u32> = serde_json::from_str(&vocab).expect("succeeds");
+        assert_eq!(vocab.len(), 49_408);
+    }
+
+    #[test]
     fn a_vocabulary_without_the_special_tokens_is_refused() {
-        let err = ClipTokenizer::new(r#"{"a": 0}"#, "#version: 0.2\n", EOS, 77).unwrap_err();
+        let err =
+            ClipTokenizer::new(r#"{"a": 0}"#, "#version: 0.2\n", EOS, 77).expect_err("is refused");
         assert!(err.contains("<|startoftext|>"), "{err}");
         let v = synth_vocab(4);
-        let err = ClipTokenizer::new(&v.vocab_json, "#version: 0.2\nab\n", EOS, 77).unwrap_err();
+        let err = ClipTokenizer::new(&v.vocab_json, "#version: 0.2\nab\n", EOS, 77)
+            .expect_err("is refused");
         assert!(err.contains("line 2"), "{err}");
     }
 }

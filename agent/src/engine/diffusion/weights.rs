@@ -108,6 +108,18 @@ pub trait TensorSource {
     /// Returns `name` as stored, after checking it has `shape`; errors name the tensor.
     fn tensor(&self, name: &str, shape: &[i64]) -> Result<Tensor, WeightsError>;
 
+    /// Returns `name` as stored, whatever its shape: for tensors the config does not fix, such
+    /// as a quantized weight's packed bytes and quant state. Errors name the tensor.
+    ///
+    /// Sources backed by files override this. The default answers that the tensor is missing,
+    /// which suits sources that make tensors up from the shape they are asked for.
+    fn stored(&self, name: &str) -> Result<Tensor, WeightsError> {
+        Err(WeightsError::MissingTensor {
+            name: name.to_owned(),
+            source_name: "a tensor source that serves tensors only at a given shape".to_owned(),
+        })
+    }
+
     /// Whether `name` is present.
     fn contains(&self, name: &str) -> bool;
 }
@@ -135,6 +147,16 @@ impl TensorSource for crate::engine::llm::weights::Weights {
                 path: PathBuf::from(self.describe()),
                 problem: e.to_string(),
             })
+    }
+
+    fn stored(&self, name: &str) -> Result<Tensor, WeightsError> {
+        let shape = self
+            .shape(name)
+            .ok_or_else(|| WeightsError::MissingTensor {
+                name: name.to_owned(),
+                source_name: self.describe(),
+            })?;
+        self.tensor(name, &shape)
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -195,6 +217,16 @@ impl TensorSource for SafetensorsFiles {
             });
         }
         Ok(tensor.shallow_clone())
+    }
+
+    fn stored(&self, name: &str) -> Result<Tensor, WeightsError> {
+        self.tensors
+            .get(name)
+            .map(Tensor::shallow_clone)
+            .ok_or_else(|| WeightsError::MissingTensor {
+                name: name.to_owned(),
+                source_name: self.name.clone(),
+            })
     }
 
     fn contains(&self, name: &str) -> bool {

@@ -11,6 +11,7 @@
 
 pub mod png;
 pub mod sd;
+pub mod single_file;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

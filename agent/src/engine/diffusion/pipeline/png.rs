@@ -91,18 +91,18 @@ mod tests {
             .remainder(256)
             .to_kind(Kind::Uint8)
             .view([8, 16, 3]);
-        let bytes = encode(&rgb, &params()).unwrap();
+        let bytes = encode(&rgb, &params()).expect("succeeds");
         let decoder = ::png::Decoder::new(std::io::Cursor::new(bytes));
-        let mut reader = decoder.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-        let frame = reader.next_frame(&mut buf).unwrap();
+        let mut reader = decoder.read_info().expect("succeeds");
+        let mut buf = vec![0; reader.output_buffer_size().expect("succeeds")];
+        let frame = reader.next_frame(&mut buf).expect("succeeds");
         assert_eq!((frame.width, frame.height), (16, 8));
         assert_eq!(frame.color_type, ::png::ColorType::Rgb);
-        assert_eq!(buf, Vec::<u8>::try_from(rgb.view([-1])).unwrap());
+        assert_eq!(buf, Vec::<u8>::try_from(rgb.view([-1])).expect("succeeds"));
         let text = &reader.info().utf8_text[0];
         assert_eq!(text.keyword, "parameters");
         assert_eq!(
-            text.get_text().unwrap(),
+            text.get_text().expect("succeeds"),
             "a lighthouse at dawn, 灯台\nNegative prompt: blurry\nSteps: 4, Sampler: euler, \
              CFG scale: 7.5, Seed: 42, Size: 16x8, Model: tiny-sd15"
         );
@@ -113,7 +113,7 @@ mod tests {
         let grey = Tensor::zeros([8, 8], (Kind::Uint8, tch::Device::Cpu));
         assert!(
             encode(&grey, &params())
-                .unwrap_err()
+                .expect_err("is refused")
                 .contains("[height, width, 3]")
         );
     }

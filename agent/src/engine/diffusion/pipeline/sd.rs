@@ -28,7 +28,7 @@ use crate::engine::diffusion::scheduler::{
 };
 use crate::engine::diffusion::unet::{AddedCond, UNet, UNetConfig, UNetLayout};
 use crate::engine::diffusion::vae::{VaeConfig, VaeDecoder, VaeLayout, to_rgb8};
-use crate::engine::diffusion::weights::read_config;
+use crate::engine::diffusion::weights::{TensorSource, read_config};
 
 /// Which of the two UNet pipelines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,29 @@ pub enum SdFamily {
 struct TextEncoder {
     tokenizer: ClipTokenizer,
     model: ClipTextModel,
+}
+
+/// What an SD pipeline is made of, whatever files it came from.
+#[derive(Debug, Clone)]
+pub struct SdConfigs {
+    pub family: SdFamily,
+    /// One text encoder config per encoder (SDXL: CLIP-L, then bigG).
+    pub clip: Vec<ClipTextConfig>,
+    pub unet: UNetConfig,
+    pub vae: VaeConfig,
+    pub schedule: ScheduleConfig,
+    /// The sampler for requests that name none.
+    pub default_sampler: SamplerKind,
+    /// SDXL: an empty negative prompt is all zeros rather than `""` encoded.
+    pub force_zeros_for_empty_prompt: bool,
+}
+
+/// Where each component's tensors are, and how they are named.
+#[expect(missing_debug_implementations, reason = "tensor sources are not Debug")]
+pub struct SdSources<'a> {
+    pub text_encoders: Vec<(&'a dyn TensorSource, ClipLayout)>,
+    pub unet: (&'a dyn TensorSource, UNetLayout),
+    pub vae: (&'a dyn TensorSource, VaeLayout),
 }
 
 /// A loaded SD 1.5 or SDXL pipeline.
@@ -92,48 +115,113 @@ impl SdPipeline {
                 )));
             }
         };
-        let Placement { device, kind } = placement;
-        let mut encoders = vec![load_encoder(dir, "", false, placement)?];
+        let mut tokenizers = vec![ClipTokenizer::from_dir(&dir.join("tokenizer"))?];
+        let mut encoder_dirs = vec![dir.join("text_encoder")];
         if family == SdFamily::Sdxl {
-            encoders.push(load_encoder(dir, "_2", true, placement)?);
+            tokenizers.push(ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?);
+            encoder_dirs.push(dir.join("text_encoder_2"));
         }
-        let unet_config = UNetConfig::from_file(&dir.join("unet/config.json"))?;
+        let clip = encoder_dirs
+            .iter()
+            .map(|d| ClipTextConfig::from_file(&d.join("config.json")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let encoder_weights = encoder_dirs
+            .iter()
+            .map(|d| component_weights(d))
+            .collect::<Result<Vec<_>, _>>()?;
         let unet_weights = component_weights(&dir.join("unet"))?;
-        let unet = UNet::load(
-            unet_config,
-            &unet_weights,
-            &UNetLayout::Diffusers {
-                prefix: String::new(),
-            },
-            device,
-            kind,
-        )?;
-        let vae_config = VaeConfig::from_file(&dir.join("vae/config.json"))?;
-        let vae_kind = if vae_config.force_upcast {
+        let vae_weights = component_weights(&dir.join("vae"))?;
+        let scheduler_path = dir.join("scheduler/scheduler_config.json");
+        let (schedule, default_sampler) = read_config(&scheduler_path, schedule_from_json)?;
+        let configs = SdConfigs {
+            family,
+            clip,
+            unet: UNetConfig::from_file(&dir.join("unet/config.json"))?,
+            vae: VaeConfig::from_file(&dir.join("vae/config.json"))?,
+            schedule,
+            default_sampler: default_sampler.unwrap_or(SamplerKind::Euler),
+            force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt,
+        };
+        let diffusers = |prefix: &str| prefix.to_owned();
+        let sources = SdSources {
+            text_encoders: encoder_weights
+                .iter()
+                .map(|w| {
+                    (
+                        w as &dyn TensorSource,
+                        ClipLayout::HuggingFace {
+                            prefix: diffusers(""),
+                        },
+                    )
+                })
+                .collect(),
+            unet: (
+                &unet_weights,
+                UNetLayout::Diffusers {
+                    prefix: diffusers(""),
+                },
+            ),
+            vae: (
+                &vae_weights,
+                VaeLayout::Diffusers {
+                    prefix: diffusers(""),
+                },
+            ),
+        };
+        Self::assemble(configs, tokenizers, &sources, placement)
+    }
+
+    /// Loads the components `configs` describe from `sources`: the text encoders in order
+    /// (the second with its projection), the UNet, and the VAE (in f32 when its config asks
+    /// for upcasting).
+    pub fn assemble(
+        configs: SdConfigs,
+        tokenizers: Vec<ClipTokenizer>,
+        sources: &SdSources,
+        placement: Placement,
+    ) -> Result<Self, PipelineError> {
+        let Placement { device, kind } = placement;
+        let expected = match configs.family {
+            SdFamily::Sd15 => 1,
+            SdFamily::Sdxl => 2,
+        };
+        if configs.clip.len() != expected
+            || tokenizers.len() != expected
+            || sources.text_encoders.len() != expected
+        {
+            return Err(PipelineError::Format(format!(
+                "{:?} has {expected} text encoders, each with a config, a tokenizer and weights",
+                configs.family
+            )));
+        }
+        let mut encoders = Vec::with_capacity(expected);
+        for (i, ((config, tokenizer), (source, layout))) in configs
+            .clip
+            .into_iter()
+            .zip(tokenizers)
+            .zip(&sources.text_encoders)
+            .enumerate()
+        {
+            let model = ClipTextModel::load(config, *source, layout, i == 1, device, kind)?;
+            encoders.push(TextEncoder { tokenizer, model });
+        }
+        let (unet_source, unet_layout) = &sources.unet;
+        let unet = UNet::load(configs.unet, *unet_source, unet_layout, device, kind)?;
+        let vae_kind = if configs.vae.force_upcast {
             Kind::Float
         } else {
             kind
         };
-        let vae_weights = component_weights(&dir.join("vae"))?;
-        let vae = VaeDecoder::load(
-            vae_config,
-            &vae_weights,
-            &VaeLayout::Diffusers {
-                prefix: String::new(),
-            },
-            device,
-            vae_kind,
-        )?;
-        let scheduler_path = dir.join("scheduler/scheduler_config.json");
-        let (schedule, default_sampler) = read_config(&scheduler_path, schedule_from_json)?;
+        let (vae_source, vae_layout) = &sources.vae;
+        let vae = VaeDecoder::load(configs.vae, *vae_source, vae_layout, device, vae_kind)?;
         Ok(Self {
-            family,
+            family: configs.family,
             encoders,
             unet,
             vae,
-            schedule,
-            default_sampler: default_sampler.unwrap_or(SamplerKind::Euler),
-            force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt,
+            schedule: configs.schedule,
+            default_sampler: configs.default_sampler,
+            force_zeros_for_empty_prompt: configs.force_zeros_for_empty_prompt,
             placement,
         })
     }
@@ -317,30 +405,6 @@ struct Conditioning {
     added: Option<(Tensor, Tensor)>,
 }
 
-/// Loads `tokenizer{suffix}/` and `text_encoder{suffix}/`.
-fn load_encoder(
-    dir: &Path,
-    suffix: &str,
-    with_projection: bool,
-    placement: Placement,
-) -> Result<TextEncoder, PipelineError> {
-    let tokenizer = ClipTokenizer::from_dir(&dir.join(format!("tokenizer{suffix}")))?;
-    let encoder_dir = dir.join(format!("text_encoder{suffix}"));
-    let config = ClipTextConfig::from_file(&encoder_dir.join("config.json"))?;
-    let weights = component_weights(&encoder_dir)?;
-    let model = ClipTextModel::load(
-        config,
-        &weights,
-        &ClipLayout::HuggingFace {
-            prefix: String::new(),
-        },
-        with_projection,
-        placement.device,
-        placement.kind,
-    )?;
-    Ok(TextEncoder { tokenizer, model })
-}
-
 /// The fields of a diffusers `scheduler_config.json` that decide the noise schedule.
 #[derive(Debug, Deserialize)]
 struct SchedulerFile {
@@ -446,13 +510,13 @@ mod tests {
         let sd15 = r#"{"_class_name": "PNDMScheduler", "beta_end": 0.012,
             "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
             "set_alpha_to_one": false, "skip_prk_steps": true, "steps_offset": 1}"#;
-        let (config, sampler) = schedule_from_json(sd15).unwrap();
+        let (config, sampler) = schedule_from_json(sd15).expect("succeeds");
         assert_eq!(config, ScheduleConfig::sd15());
         assert_eq!(sampler, None);
         let sdxl = r#"{"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012,
             "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
             "prediction_type": "epsilon", "steps_offset": 1, "timestep_spacing": "leading"}"#;
-        let (config, sampler) = schedule_from_json(sdxl).unwrap();
+        let (config, sampler) = schedule_from_json(sdxl).expect("succeeds");
         assert_eq!(config, ScheduleConfig::sdxl());
         assert_eq!(sampler, Some(SamplerKind::Euler));
     }
@@ -461,11 +525,15 @@ mod tests {
     fn v_prediction_and_other_schedules_are_refused_with_the_reason() {
         let v = r#"{"_class_name": "EulerDiscreteScheduler", "beta_schedule": "scaled_linear",
             "prediction_type": "v_prediction"}"#;
-        assert!(schedule_from_json(v).unwrap_err().contains("v-prediction"));
+        assert!(
+            schedule_from_json(v)
+                .expect_err("is refused")
+                .contains("v-prediction")
+        );
         let linear = r#"{"_class_name": "DDIMScheduler"}"#;
         assert!(
             schedule_from_json(linear)
-                .unwrap_err()
+                .expect_err("is refused")
                 .contains("scaled_linear")
         );
     }

@@ -16,7 +16,7 @@
 
 /// Renames diffusers UNet tensor names to LDM ones for one config.
 #[derive(Debug)]
-pub(super) struct LdmNames {
+pub(crate) struct LdmNames {
     /// Resnets per down level (`L`), the same for all levels in LDM checkpoints.
     pub(super) layers: usize,
     /// Whether up level `i` has transformers (moving its upsampler from `.1` to `.2`).
@@ -25,7 +25,7 @@ pub(super) struct LdmNames {
 
 impl LdmNames {
     /// The LDM name of diffusers' `name`, or `name` itself where no rule applies.
-    pub(super) fn rename(&self, name: &str) -> String {
+    pub(crate) fn rename(&self, name: &str) -> String {
         self.try_rename(name).unwrap_or_else(|| name.to_owned())
     }
 

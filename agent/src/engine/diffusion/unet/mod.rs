@@ -26,7 +26,7 @@ use tch::{Device, Kind, Tensor};
 
 use self::blocks::{Affine, Level, Loader, Resnet, Transformer2D, TransformerShape};
 pub use self::config::UNetConfig;
-use self::ldm::LdmNames;
+pub(crate) use self::ldm::LdmNames;
 use super::weights::{TensorSource, WeightsError};
 
 /// Why the UNet could not be loaded or run. Messages say what to fix.
@@ -370,7 +370,9 @@ fn sinusoidal(timesteps: &Tensor, dim: i64, flip_sin_to_cos: bool, shift: f64) -
     }
 }
 
-fn ldm_names(c: &UNetConfig) -> Result<LdmNames, UNetError> {
+/// The LDM single-file names of `c`'s tensors; errors when `layers_per_block` differs between
+/// levels, which that layout cannot express.
+pub(crate) fn ldm_names(c: &UNetConfig) -> Result<LdmNames, UNetError> {
     let layers = c.per_block(&c.layers_per_block);
     if layers.iter().any(|l| *l != layers[0] || *l < 0) {
         return Err(UNetError::Layout(format!(
