@@ -29,7 +29,7 @@ unset INFERMINE_CONFIG INFERMINE_DATA_DIR INFERMINE_DATABASE_URL INFERMINE_JWT_S
 demo_wallet=0x5aeda56215b167893e80b4fe645ba6d5bab767de
 demo_name=demo
 # The agent serves these; the demo job and the printed examples use the first.
-demo_models=(tiny-llama tiny-mistral tiny-mixtral tiny-mixtral-gptq)
+demo_models=(tiny-llama tiny-mistral tiny-mixtral tiny-mixtral-gptq tiny-sd15 tiny-sdxl)
 model=${demo_models[0]}
 listen=${INFERMINE_LISTEN:-127.0.0.1:8080}
 profile=${INFERMINE_DEV_PROFILE:-debug}

@@ -2,7 +2,7 @@
 //! file (`--config`), then `INFERMINE_*` environment variables and command-line flags.
 //! Everything is checked at start-up so nothing fails mid-request.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -21,6 +21,14 @@ use crate::storage::StorageConfig;
 pub struct Config {
     /// Address the HTTP API and the agent gateway listen on.
     pub listen: SocketAddr,
+    /// Base URL consumers reach this API at, such as `https://api.example.org` (a path prefix
+    /// behind a proxy is kept), used in the links the coordinator hands out: image URLs from
+    /// `POST /v1/images/generations`. Unset: `http://` and the listen address, with loopback
+    /// for an unspecified one (0.0.0.0, ::), which suits only consumers on this machine.
+    pub public_url: Option<String>,
+    /// How long the image links of `POST /v1/images/generations` (`response_format: url`)
+    /// work, in seconds; OpenAI's last 60 minutes.
+    pub image_url_ttl_s: u64,
     /// Directory for the SQLite database, the generated signing secret and other local state.
     pub data_dir: PathBuf,
     /// `sqlite://PATH` or `postgres://USER:PASS@HOST/DB`; defaults to `DATA_DIR/infermine.db`.
@@ -72,6 +80,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            image_url_ttl_s: 3_600,
             data_dir: PathBuf::from("./data"),
             database_url: None,
             models_file: None,
@@ -152,13 +162,48 @@ impl Config {
         }
     }
 
+    /// The base URL of links handed to consumers, without a trailing `/` (see `public_url`).
+    pub fn public_url(&self) -> String {
+        if let Some(url) = &self.public_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let mut addr = self.listen;
+        if addr.ip().is_unspecified() {
+            let loopback = match addr {
+                SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            };
+            addr.set_ip(loopback);
+        }
+        format!("http://{addr}")
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        if let Some(url) = &self.public_url {
+            let host = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"))
+                .unwrap_or_default();
+            if host.is_empty()
+                || host.starts_with('/')
+                || url.contains(['?', '#'])
+                || url.contains(char::is_whitespace)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "public_url `{url}` must be an http:// or https:// URL with a host and no \
+                     query or fragment, such as https://api.example.org"
+                )));
+            }
+        }
         if self.heartbeat_interval_s == 0 {
             return invalid("heartbeat_interval_s must be at least 1");
         }
         if self.agent_timeout_s <= self.heartbeat_interval_s {
             return invalid("agent_timeout_s must be longer than heartbeat_interval_s");
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.image_url_ttl_s) {
+            return invalid("image_url_ttl_s must be between 1 and 604800 (7 days)");
         }
         if self.max_attempts == 0 {
             return invalid("max_attempts must be at least 1");
@@ -208,6 +253,15 @@ pub struct Overrides {
     #[arg(long, env = "INFERMINE_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// Base URL consumers reach the API at, for the links it hands out [default:
+    /// http://LISTEN]
+    #[arg(long, env = "INFERMINE_PUBLIC_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Seconds image links from POST /v1/images/generations work [default: 3600]
+    #[arg(long, env = "INFERMINE_IMAGE_URL_TTL_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_url_ttl_s: Option<u64>,
     /// Directory for the SQLite database and local state [default: ./data]
     #[arg(long, env = "INFERMINE_DATA_DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -319,5 +373,35 @@ mod tests {
         let err = Config::load(Some(&dir.path().join("nope.toml")), &Overrides::default())
             .expect_err("missing file");
         assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn public_url_defaults_to_the_listen_address_and_must_be_http() {
+        let mut config = Config::default();
+        assert_eq!(config.public_url(), "http://127.0.0.1:8080");
+        config.listen = "0.0.0.0:9000".parse().expect("address");
+        assert_eq!(config.public_url(), "http://127.0.0.1:9000");
+        config.listen = "[::]:9000".parse().expect("address");
+        assert_eq!(config.public_url(), "http://[::1]:9000");
+        let overrides = Overrides {
+            public_url: Some("https://api.example.org/infermine/".to_owned()),
+            ..Overrides::default()
+        };
+        let config = Config::load(None, &overrides).expect("valid");
+        assert_eq!(config.public_url(), "https://api.example.org/infermine");
+        for bad in [
+            "api.example.org",
+            "https://",
+            "ftp://x",
+            "https://x/?a=1",
+            "http:///x",
+        ] {
+            let overrides = Overrides {
+                public_url: Some(bad.to_owned()),
+                ..Overrides::default()
+            };
+            let err = Config::load(None, &overrides).expect_err(bad);
+            assert!(err.to_string().contains("public_url"), "{bad}: {err}");
+        }
     }
 }

@@ -147,7 +147,7 @@ pub fn create(
     let dir = model_dir(models_dir, model);
     let (torch_device, dtype) = llm::placement(device);
     let engine: Box<dyn Engine> = match ModelFormat::detect(&dir) {
-        Some(ModelFormat::Diffusers) => Box::new(diffusion::engine::DiffusionEngine::load(
+        Some(ModelFormat::Diffusion) => Box::new(diffusion::engine::DiffusionEngine::load(
             model,
             &dir,
             torch_device,
@@ -161,22 +161,29 @@ pub fn create(
     Ok(engine)
 }
 
-/// What kind of model folder a model directory holds, by its index file.
+/// What kind of model folder a model directory holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelFormat {
     /// A Hugging Face transformers folder (`config.json`): the LLM engine.
     HuggingFaceLlm,
-    /// A diffusers pipeline folder (`model_index.json`): the diffusion engine.
-    Diffusers,
+    /// A diffusers pipeline folder (`model_index.json`), or `.safetensors` checkpoint files
+    /// (a single-file image checkpoint and its LoRAs): the diffusion engine.
+    Diffusion,
 }
 
 impl ModelFormat {
     /// The format of the folder `dir`, if it is one.
     pub fn detect(dir: &Path) -> Option<Self> {
         if dir.join("model_index.json").is_file() {
-            Some(Self::Diffusers)
+            Some(Self::Diffusion)
         } else if dir.join("config.json").is_file() {
             Some(Self::HuggingFaceLlm)
+        } else if std::fs::read_dir(dir).ok()?.any(|entry| {
+            entry
+                .map(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .unwrap_or(false)
+        }) {
+            Some(Self::Diffusion)
         } else {
             None
         }

@@ -8,6 +8,7 @@
 //! route of this API does ([`crate::error`]).
 
 pub mod chat;
+pub mod images;
 pub mod models;
 pub mod request;
 pub mod stream;
@@ -24,4 +25,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(models::get))
         .routes(routes!(models::files))
         .routes(routes!(chat::completions))
+        .routes(routes!(images::generations))
+        .routes(routes!(images::url::image))
 }

@@ -39,6 +39,10 @@ pub struct ModelSpec {
     pub slot_concurrency: u32,
     /// What an agent downloads and verifies before it may load the model.
     pub files: Vec<ModelFile>,
+    /// The LoRA an image model applies on its base checkpoint: the name of one of `files`.
+    /// Only models with one accept a LoRA strength (`lora_scale`) in requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_file: Option<String>,
 }
 
 impl ModelSpec {

@@ -10,6 +10,8 @@ pub(super) const IMAGE_SIDE_MIN: u32 = 64;
 /// Image sides are whole blocks of the 8× downsampling latent space.
 pub(super) const IMAGE_SIDE_MULTIPLE: u32 = 8;
 const GUIDANCE_MAX: f32 = 30.0;
+/// Strongest LoRA strength a request may ask for: twice the strength it was trained at.
+const LORA_SCALE_MAX: f32 = 2.0;
 const TEMPERATURE_MAX: f32 = 2.0;
 const MAX_STOP_STRINGS: usize = 4;
 const CHAT_ROLES: &[&str] = &["system", "user", "assistant"];
@@ -67,6 +69,13 @@ pub enum ParamError {
         value: String,
         allowed: String,
     },
+    /// The parameter means nothing for this model (a LoRA strength without a LoRA).
+    #[error("{field} does not apply to model `{model}`: {reason}")]
+    NotApplicable {
+        field: String,
+        model: String,
+        reason: String,
+    },
 }
 
 impl ParamError {
@@ -80,7 +89,7 @@ impl ParamError {
             | Self::NotMultiple { .. } => "param_out_of_range",
             Self::Empty { .. } => "param_empty",
             Self::TooLong { .. } => "param_too_long",
-            Self::Unsupported { .. } => "param_not_supported",
+            Self::Unsupported { .. } | Self::NotApplicable { .. } => "param_not_supported",
         }
     }
 
@@ -94,7 +103,8 @@ impl ParamError {
             | Self::NotMultiple { field, .. }
             | Self::Empty { field }
             | Self::TooLong { field, .. }
-            | Self::Unsupported { field, .. } => Some(field),
+            | Self::Unsupported { field, .. }
+            | Self::NotApplicable { field, .. } => Some(field),
         }
     }
 }
@@ -103,7 +113,10 @@ impl ModelSpec {
     /// Checks a request against this model's limits.
     pub fn validate_params(&self, params: &JobParams) -> Result<(), ParamError> {
         match (&self.limits, params) {
-            (Limits::Image(limits), JobParams::Image(p)) => check_image(limits, self.family, p),
+            (Limits::Image(limits), JobParams::Image(p)) => {
+                check_image(limits, self.family, p)?;
+                check_lora_scale(self, p.lora_scale)
+            }
             (Limits::Llm(limits), JobParams::Llm(p)) => check_llm(limits, p),
             (Limits::Synthetic(limits), JobParams::Synthetic(p)) => check_synthetic(limits, p),
             _ => Err(ParamError::WrongKind {
@@ -113,6 +126,25 @@ impl ModelSpec {
             }),
         }
     }
+}
+
+/// A LoRA strength needs a model with a LoRA (the registry's `lora_file`).
+fn check_lora_scale(model: &ModelSpec, scale: Option<f32>) -> Result<(), ParamError> {
+    let Some(scale) = scale else {
+        return Ok(());
+    };
+    if model.lora_file.is_none() {
+        return Err(ParamError::NotApplicable {
+            field: "lora_scale".to_owned(),
+            model: model.id.clone(),
+            reason: "it has no LoRA; remove lora_scale, or use a model that has one".to_owned(),
+        });
+    }
+    if !(0.0..=LORA_SCALE_MAX).contains(&scale) {
+        let range = format!("0 to {LORA_SCALE_MAX}");
+        return Err(out_of_range("lora_scale", scale, &range));
+    }
+    Ok(())
 }
 
 fn check_image(limits: &ImageLimits, family: Family, p: &ImageParams) -> Result<(), ParamError> {

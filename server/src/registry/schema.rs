@@ -77,6 +77,9 @@ pub(super) struct RawModel {
     limits: RawLimits,
     #[serde(default)]
     files: Vec<ModelFile>,
+    /// Names the file among `files` that is a LoRA (image models only).
+    #[serde(default)]
+    lora_file: Option<String>,
 }
 
 fn one() -> u32 {
@@ -159,6 +162,7 @@ pub(super) fn build_model(
     let min_gpu_tier = min_gpu_tier(&raw, tiers, &ctx)?;
     let limits = build_limits(&raw.limits, raw.kind, &ctx)?;
     check_files(&raw.files, raw.kind, raw.demo, &ctx)?;
+    check_lora(&raw, &ctx)?;
     Ok(ModelSpec {
         id: raw.id,
         kind: raw.kind,
@@ -176,6 +180,7 @@ pub(super) fn build_model(
         deadline_ms: raw.deadline_ms,
         slot_concurrency: raw.slot_concurrency,
         files: raw.files,
+        lora_file: raw.lora_file,
     })
 }
 
@@ -454,6 +459,36 @@ fn check_files(
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A LoRA is explicit: a file name saying `lora` would be a guess, and requests may set the
+/// LoRA's strength only on models that have one.
+fn check_lora(raw: &RawModel, ctx: &Ctx<'_>) -> Result<(), RegistryError> {
+    let Some(name) = &raw.lora_file else {
+        return Ok(());
+    };
+    if raw.kind != ModelKind::Image {
+        return Err(ctx.err(
+            "lora_file",
+            format!(
+                "applies to image models only, not {} models; remove it",
+                raw.kind.as_str()
+            ),
+        ));
+    }
+    if !raw.files.iter().any(|file| &file.name == name) {
+        return Err(ctx.err(
+            "lora_file",
+            format!("`{name}` is not one of the model's files; name its [[model.files]] entry"),
+        ));
+    }
+    if raw.files.len() < 2 {
+        return Err(ctx.err(
+            "lora_file",
+            "names the model's only file: list the base checkpoint the LoRA applies on too",
+        ));
     }
     Ok(())
 }

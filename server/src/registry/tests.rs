@@ -66,6 +66,8 @@ fn builtin_has_the_seed_models_and_synthetic_with_seed_multipliers() {
             0.01,
             false,
         ),
+        ("tiny-sd15", ModelKind::Image, Family::Sd15, 0.01, false),
+        ("tiny-sdxl", ModelKind::Image, Family::Sdxl, 0.01, false),
         (
             "synthetic-echo",
             ModelKind::Synthetic,
@@ -150,6 +152,22 @@ fn builtin_limits_and_timing() {
         }
         other => panic!("synthetic limits expected, got {other:?}"),
     }
+}
+
+#[test]
+fn builtin_lora_models_name_their_lora_file() {
+    let registry = builtin();
+    let loras: Vec<(&str, &str)> = registry
+        .models()
+        .filter_map(|m| Some((m.id.as_str(), m.lora_file.as_deref()?)))
+        .collect();
+    assert_eq!(
+        loras,
+        [(
+            "sdxl-base-1.0-offset-lora",
+            "sd_xl_offset_example-lora_1.0.safetensors"
+        )]
+    );
 }
 
 #[test]
@@ -246,6 +264,8 @@ fn cpu_device_runs_the_demo_models_and_synthetic_echo_only() {
             "tiny-mistral",
             "tiny-mixtral",
             "tiny-mixtral-gptq",
+            "tiny-sd15",
+            "tiny-sdxl",
             "synthetic-echo"
         ]
     );
@@ -270,7 +290,9 @@ fn builtin_demo_models_are_synthesized_tiny_and_flagged() {
             "tiny-llama",
             "tiny-mistral",
             "tiny-mixtral",
-            "tiny-mixtral-gptq"
+            "tiny-mixtral-gptq",
+            "tiny-sd15",
+            "tiny-sdxl"
         ]
     );
     for id in demos {
@@ -279,37 +301,50 @@ fn builtin_demo_models_are_synthesized_tiny_and_flagged() {
             model.display_name.ends_with("(demo, random weights)"),
             "{id}"
         );
-        assert_eq!(model.kind, ModelKind::Llm, "{id}");
         assert!(model.allow_cpu && model.min_gpu.is_empty(), "{id}");
         assert_eq!(model.points_multiplier, 0.01, "{id}");
         assert_eq!(
             (model.target_latency_ms, model.deadline_ms),
             (10_000, 60_000)
         );
-        match model.limits {
-            Limits::Llm(limits) => assert_eq!(
-                (
-                    limits.context_tokens,
-                    limits.max_tokens,
-                    limits.max_prompt_chars
-                ),
-                (256, 128, 2_000),
-                "{id}"
-            ),
-            other => panic!("{id}: llm limits expected, got {other:?}"),
-        }
         let names: Vec<&str> = model.files.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "config.json",
-                "model.safetensors",
-                "tokenizer.json",
-                "tokenizer_config.json",
-                "generation_config.json"
-            ],
-            "{id}"
-        );
+        match model.limits {
+            Limits::Llm(limits) => {
+                assert_eq!(model.kind, ModelKind::Llm, "{id}");
+                assert_eq!(
+                    (
+                        limits.context_tokens,
+                        limits.max_tokens,
+                        limits.max_prompt_chars
+                    ),
+                    (256, 128, 2_000),
+                    "{id}"
+                );
+                assert_eq!(
+                    names,
+                    [
+                        "config.json",
+                        "model.safetensors",
+                        "tokenizer.json",
+                        "tokenizer_config.json",
+                        "generation_config.json"
+                    ],
+                    "{id}"
+                );
+            }
+            Limits::Image(limits) => {
+                assert_eq!(model.kind, ModelKind::Image, "{id}");
+                assert_eq!((limits.max_width, limits.max_height), (256, 256), "{id}");
+                assert_eq!((limits.max_pixels, limits.max_steps), (65_536, 50), "{id}");
+                // A diffusers pipeline folder, weights included.
+                assert!(names.contains(&"model_index.json"), "{id}");
+                assert!(
+                    names.contains(&"unet/diffusion_pytorch_model.safetensors"),
+                    "{id}"
+                );
+            }
+            other => panic!("{id}: llm or image limits expected, got {other:?}"),
+        }
         let url = format!("synth:{id}");
         assert!(model.files.iter().all(|f| f.url == url), "{id}");
     }

@@ -6,6 +6,7 @@ mod api_errors;
 mod chat;
 mod chat_errors;
 mod frames;
+mod images;
 mod lifecycle;
 mod limits;
 mod openai_client;

@@ -4,15 +4,17 @@
 //! registry's limits too, but a miner's own model folder decides what is possible here), the
 //! pipeline renders it, and the PNG carries the parameters in a text chunk.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use infermine_protocol::{ImageParams, JobAssignment, JobOutput, JobParams, ModelKind};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
+use super::lora::LoraFile;
 use super::pipeline::png::{self, PngParameters};
 use super::pipeline::sd::SdPipeline;
+use super::pipeline::single_file;
 use super::pipeline::{ImageRequest, PipelineError, Placement};
 use super::scheduler::SamplerKind;
 use crate::engine::{CancelToken, Engine, EngineError, EngineEvent, catch_torch_panic};
@@ -21,21 +23,109 @@ use crate::engine::{CancelToken, Engine, EngineError, EngineEvent, catch_torch_p
 #[derive(Debug)]
 pub struct DiffusionEngine {
     model: String,
+    files: ModelFiles,
+    device: Device,
     pipeline: SdPipeline,
+    /// The scale the loaded LoRAs are merged at.
+    lora_scale: f64,
+}
+
+/// The files a model folder holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelFiles {
+    /// A diffusers pipeline folder.
+    Diffusers(PathBuf),
+    /// A single-file checkpoint and the LoRA files beside it, with the configs in `config/`
+    /// when the folder has them (else the family's built-in ones).
+    SingleFile {
+        checkpoint: PathBuf,
+        loras: Vec<PathBuf>,
+        config_dir: Option<PathBuf>,
+    },
+}
+
+/// LoRAs apply at full strength unless a request says otherwise.
+const DEFAULT_LORA_SCALE: f64 = 1.0;
+/// The strongest LoRA scale a request may ask for.
+pub const MAX_LORA_SCALE: f64 = 2.0;
+
+impl ModelFiles {
+    /// What the folder `dir` holds: a diffusers pipeline (`model_index.json`), or `.safetensors`
+    /// files of which exactly one is a checkpoint and the rest kohya LoRAs (told apart by their
+    /// `lora_` keys).
+    pub fn detect(dir: &Path) -> Result<Self, String> {
+        if dir.join("model_index.json").is_file() {
+            return Ok(Self::Diffusers(dir.to_owned()));
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        files.sort();
+        let mut checkpoints = Vec::new();
+        let mut loras = Vec::new();
+        for file in files {
+            let weights = single_file::open(&file).map_err(|e| e.to_string())?;
+            if weights.names().any(|n| n.starts_with("lora_")) {
+                loras.push(file);
+            } else {
+                checkpoints.push(file);
+            }
+        }
+        match checkpoints.as_slice() {
+            [checkpoint] => Ok(Self::SingleFile {
+                checkpoint: checkpoint.clone(),
+                loras,
+                config_dir: Some(dir.join("config"))
+                    .filter(|d| d.join("model_index.json").is_file()),
+            }),
+            [] => Err(format!(
+                "{} has no checkpoint: put the model's .safetensors file (or its diffusers folder \
+                 with model_index.json) there",
+                dir.display()
+            )),
+            several => Err(format!(
+                "{} has {} checkpoints ({}); a model folder holds one checkpoint and its LoRAs",
+                dir.display(),
+                several.len(),
+                several
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
 }
 
 impl DiffusionEngine {
-    /// Loads the diffusers folder `dir` (model id `model`) onto `device`.
+    /// Loads the model in folder `dir` (model id `model`) onto `device`.
     pub fn load(model: &str, dir: &Path, device: Device) -> Result<Self, EngineError> {
-        let placement = Placement::for_device(device);
-        let pipeline = catch_torch_panic("loading the weights", || {
-            SdPipeline::load_diffusers(dir, placement)
-        })?
-        .map_err(|e| EngineError::Agent(format!("cannot load model `{model}`: {e}")))?;
+        let files = ModelFiles::detect(dir)
+            .map_err(|e| EngineError::Agent(format!("cannot load model `{model}`: {e}")))?;
+        let pipeline = load_pipeline(model, &files, device, DEFAULT_LORA_SCALE)?;
         Ok(Self {
             model: model.to_owned(),
+            files,
+            device,
             pipeline,
+            lora_scale: DEFAULT_LORA_SCALE,
         })
+    }
+
+    fn has_lora(&self) -> bool {
+        matches!(&self.files, ModelFiles::SingleFile { loras, .. } if !loras.is_empty())
+    }
+
+    /// Merges the LoRAs at `scale` instead of the current scale (reloads the weights).
+    fn set_lora_scale(&mut self, scale: f64) -> Result<(), EngineError> {
+        if scale == self.lora_scale {
+            return Ok(());
+        }
+        self.pipeline = load_pipeline(&self.model, &self.files, self.device, scale)?;
+        self.lora_scale = scale;
+        Ok(())
     }
 
     /// The pipeline's request for `params`, or why the params do not fit this model.
@@ -47,10 +137,17 @@ impl DiffusionEngine {
                     .map_err(|e| EngineError::InvalidParams(e.to_string()))?,
             ),
         };
-        if params.lora_scale.is_some() {
+        if params.lora_scale.is_some() && !self.has_lora() {
             return Err(EngineError::InvalidParams(format!(
                 "model `{}` has no LoRA; leave lora_scale out",
                 self.model
+            )));
+        }
+        if let Some(scale) = params.lora_scale
+            && !(0.0..=MAX_LORA_SCALE as f32).contains(&scale)
+        {
+            return Err(EngineError::InvalidParams(format!(
+                "lora_scale {scale} is out of range; use 0 (off) to {MAX_LORA_SCALE}"
             )));
         }
         if !params.guidance_scale.is_finite() || params.guidance_scale < 0.0 {
@@ -84,6 +181,7 @@ impl Engine for DiffusionEngine {
             return Err(EngineError::wrong_params(job, ModelKind::Image));
         };
         let request = self.request(params)?;
+        self.set_lora_scale(params.lora_scale.map_or(DEFAULT_LORA_SCALE, f64::from))?;
         let sampler = request.sampler.unwrap_or(self.pipeline.default_sampler());
         let image = catch_torch_panic("rendering", || {
             self.pipeline.render(&request, &|| cancel.is_cancelled())
@@ -112,4 +210,32 @@ impl Engine for DiffusionEngine {
             png_b64: Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
         })
     }
+}
+
+/// Loads the pipeline of `files`, merging LoRAs at `lora_scale`.
+fn load_pipeline(
+    model: &str,
+    files: &ModelFiles,
+    device: Device,
+    lora_scale: f64,
+) -> Result<SdPipeline, EngineError> {
+    let placement = Placement::for_device(device);
+    let loaded = catch_torch_panic("loading the weights", || match files {
+        ModelFiles::Diffusers(dir) => SdPipeline::load_diffusers(dir, placement),
+        ModelFiles::SingleFile {
+            checkpoint,
+            loras,
+            config_dir,
+        } => {
+            let parsed = loras
+                .iter()
+                .map(|path| LoraFile::read(path))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| PipelineError::Format(e.to_string()))?;
+            let with_scale: Vec<(&LoraFile, f64)> =
+                parsed.iter().map(|lora| (lora, lora_scale)).collect();
+            SdPipeline::load_single_file(checkpoint, config_dir.as_deref(), &with_scale, placement)
+        }
+    })?;
+    loaded.map_err(|e| EngineError::Agent(format!("cannot load model `{model}`: {e}")))
 }

@@ -111,6 +111,11 @@ impl Weights {
         self.index.contains_key(name)
     }
 
+    /// Every tensor name, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
     /// Loads `name`, checks it has `shape`, and places it on `device` as `kind` (`None`
     /// keeps the stored dtype, as integer tensors need).
     pub fn load(

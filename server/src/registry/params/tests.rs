@@ -197,6 +197,42 @@ fn schedulers_depend_on_the_family() {
 }
 
 #[test]
+fn lora_scale_needs_a_lora_model_and_is_between_0_and_2() {
+    let with = |scale: f32| {
+        let mut params = image(1024, 1024, 20);
+        params.lora_scale = Some(scale);
+        params
+    };
+    for scale in [0.0, 0.8, 2.0] {
+        let params = JobParams::Image(with(scale));
+        assert_eq!(
+            model("sdxl-base-1.0-offset-lora").validate_params(&params),
+            Ok(()),
+            "{scale}"
+        );
+    }
+    for bad in [-0.1, 2.5, f32::NAN] {
+        let error = refused("sdxl-base-1.0-offset-lora", JobParams::Image(with(bad)));
+        assert_eq!(error.field(), Some("lora_scale"));
+        assert!(
+            error
+                .to_string()
+                .ends_with("is outside the allowed range 0 to 2"),
+            "{error}"
+        );
+    }
+    let error = refused("sdxl-base-1.0", JobParams::Image(with(1.0)));
+    assert_eq!(error.code(), "param_not_supported");
+    assert_eq!(error.field(), Some("lora_scale"));
+    assert!(
+        error
+            .to_string()
+            .starts_with("lora_scale does not apply to model `sdxl-base-1.0`: it has no LoRA"),
+        "{error}"
+    );
+}
+
+#[test]
 fn llm_messages_are_present_with_known_roles() {
     let mut params = chat("hi");
     params.messages.clear();

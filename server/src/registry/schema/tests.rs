@@ -214,6 +214,21 @@ fn model_field_errors_name_file_model_and_field() {
             "max_output_bytes = 99999999",
             &["limits.max_output_bytes (99999999) must be between 1 and"],
         ),
+        (
+            "deadline_ms = 18000",
+            "deadline_ms = 18000\nlora_file = \"w.safetensors\"",
+            &["model `img`: lora_file names the model's only file"],
+        ),
+        (
+            "deadline_ms = 18000",
+            "deadline_ms = 18000\nlora_file = \"lora.safetensors\"",
+            &["lora_file `lora.safetensors` is not one of the model's files"],
+        ),
+        (
+            "deadline_ms = 180000",
+            "deadline_ms = 180000\nlora_file = \"m.safetensors\"",
+            &["model `chat`: lora_file applies to image models only, not llm models"],
+        ),
     ];
     for (from, to, parts) in cases {
         let message = error_with(from, to);

@@ -99,50 +99,17 @@ impl SdPipeline {
     /// Loads a diffusers pipeline folder (`model_index.json`, `tokenizer/`, `text_encoder/`,
     /// for SDXL `tokenizer_2/` and `text_encoder_2/`, `unet/`, `vae/`, `scheduler/`).
     pub fn load_diffusers(dir: &Path, placement: Placement) -> Result<Self, PipelineError> {
-        let index: ModelIndex = read_config(&dir.join("model_index.json"), |text| {
-            serde_json::from_str(text).map_err(|e| {
-                format!("is not a diffusers model_index.json ({e}); download it again")
-            })
-        })?;
-        let family = match index.class_name.as_str() {
-            "StableDiffusionPipeline" => SdFamily::Sd15,
-            "StableDiffusionXLPipeline" => SdFamily::Sdxl,
-            other => {
-                return Err(PipelineError::Format(format!(
-                    "{}: pipeline class `{other}` is not supported here; SD 1.5 \
-                     (StableDiffusionPipeline) and SDXL (StableDiffusionXLPipeline) are",
-                    dir.join("model_index.json").display()
-                )));
-            }
-        };
-        let mut tokenizers = vec![ClipTokenizer::from_dir(&dir.join("tokenizer"))?];
+        let (configs, tokenizers) = read_configs(dir)?;
         let mut encoder_dirs = vec![dir.join("text_encoder")];
-        if family == SdFamily::Sdxl {
-            tokenizers.push(ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?);
+        if configs.family == SdFamily::Sdxl {
             encoder_dirs.push(dir.join("text_encoder_2"));
         }
-        let clip = encoder_dirs
-            .iter()
-            .map(|d| ClipTextConfig::from_file(&d.join("config.json")))
-            .collect::<Result<Vec<_>, _>>()?;
         let encoder_weights = encoder_dirs
             .iter()
             .map(|d| component_weights(d))
             .collect::<Result<Vec<_>, _>>()?;
         let unet_weights = component_weights(&dir.join("unet"))?;
         let vae_weights = component_weights(&dir.join("vae"))?;
-        let scheduler_path = dir.join("scheduler/scheduler_config.json");
-        let (schedule, default_sampler) = read_config(&scheduler_path, schedule_from_json)?;
-        let configs = SdConfigs {
-            family,
-            clip,
-            unet: UNetConfig::from_file(&dir.join("unet/config.json"))?,
-            vae: VaeConfig::from_file(&dir.join("vae/config.json"))?,
-            schedule,
-            default_sampler: default_sampler.unwrap_or(SamplerKind::Euler),
-            force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt,
-        };
-        let diffusers = |prefix: &str| prefix.to_owned();
         let sources = SdSources {
             text_encoders: encoder_weights
                 .iter()
@@ -150,7 +117,7 @@ impl SdPipeline {
                     (
                         w as &dyn TensorSource,
                         ClipLayout::HuggingFace {
-                            prefix: diffusers(""),
+                            prefix: String::new(),
                         },
                     )
                 })
@@ -158,13 +125,13 @@ impl SdPipeline {
             unet: (
                 &unet_weights,
                 UNetLayout::Diffusers {
-                    prefix: diffusers(""),
+                    prefix: String::new(),
                 },
             ),
             vae: (
                 &vae_weights,
                 VaeLayout::Diffusers {
-                    prefix: diffusers(""),
+                    prefix: String::new(),
                 },
             ),
         };
@@ -403,6 +370,50 @@ impl SdPipeline {
 struct Conditioning {
     hidden: Tensor,
     added: Option<(Tensor, Tensor)>,
+}
+
+/// The configs and tokenizers of a diffusers pipeline folder (the files besides the weights:
+/// `model_index.json`, `scheduler/`, `tokenizer*/`, and each component's `config.json`).
+pub fn read_configs(dir: &Path) -> Result<(SdConfigs, Vec<ClipTokenizer>), PipelineError> {
+    let index: ModelIndex = read_config(&dir.join("model_index.json"), |text| {
+        serde_json::from_str(text)
+            .map_err(|e| format!("is not a diffusers model_index.json ({e}); download it again"))
+    })?;
+    let family = match index.class_name.as_str() {
+        "StableDiffusionPipeline" => SdFamily::Sd15,
+        "StableDiffusionXLPipeline" => SdFamily::Sdxl,
+        other => {
+            return Err(PipelineError::Format(format!(
+                "{}: pipeline class `{other}` is not supported here; SD 1.5 \
+                 (StableDiffusionPipeline) and SDXL (StableDiffusionXLPipeline) are",
+                dir.join("model_index.json").display()
+            )));
+        }
+    };
+    let suffixes: &[&str] = match family {
+        SdFamily::Sd15 => &[""],
+        SdFamily::Sdxl => &["", "_2"],
+    };
+    let tokenizers = suffixes
+        .iter()
+        .map(|s| ClipTokenizer::from_dir(&dir.join(format!("tokenizer{s}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let clip = suffixes
+        .iter()
+        .map(|s| ClipTextConfig::from_file(&dir.join(format!("text_encoder{s}/config.json"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let scheduler_path = dir.join("scheduler/scheduler_config.json");
+    let (schedule, default_sampler) = read_config(&scheduler_path, schedule_from_json)?;
+    let configs = SdConfigs {
+        family,
+        clip,
+        unet: UNetConfig::from_file(&dir.join("unet/config.json"))?,
+        vae: VaeConfig::from_file(&dir.join("vae/config.json"))?,
+        schedule,
+        default_sampler: default_sampler.unwrap_or(SamplerKind::Euler),
+        force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt,
+    };
+    Ok((configs, tokenizers))
 }
 
 /// The fields of a diffusers `scheduler_config.json` that decide the noise schedule.

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use super::sd::{SdConfigs, SdFamily, SdPipeline, SdSources};
+use super::sd::{SdConfigs, SdFamily, SdPipeline, SdSources, read_configs};
 use super::{PipelineError, Placement};
 use crate::engine::diffusion::clip::{ClipLayout, ClipTextConfig};
 use crate::engine::diffusion::clip_tokenizer::{ClipTokenizer, EOS};
@@ -92,10 +92,14 @@ pub fn builtin(family: SdFamily) -> Result<(SdConfigs, Vec<ClipTokenizer>), Pipe
 }
 
 impl SdPipeline {
-    /// Loads a single-file checkpoint with the built-in configs of its family, merging
-    /// `loras` (each with its scale).
+    /// Loads a single-file checkpoint, merging `loras` (each with its scale). The configs
+    /// are the built-in ones of its family, or those in `config_dir` when given: a diffusers
+    /// folder without weights (`model_index.json`, `scheduler/`, `tokenizer*/`, each component's
+    /// `config.json`), as diffusers' `from_single_file(config=...)` takes it, for checkpoints
+    /// whose architecture differs from the base model's.
     pub fn load_single_file(
         checkpoint: &Path,
+        config_dir: Option<&Path>,
         loras: &[(&LoraFile, f64)],
         placement: Placement,
     ) -> Result<Self, PipelineError> {
@@ -108,7 +112,18 @@ impl SdPipeline {
                 checkpoint.display()
             ))
         })?;
-        let (configs, tokenizers) = builtin(family)?;
+        let (configs, tokenizers) = match config_dir {
+            Some(dir) => read_configs(dir)?,
+            None => builtin(family)?,
+        };
+        if configs.family != family {
+            return Err(PipelineError::Format(format!(
+                "{} holds a {family:?} checkpoint but the configs describe {:?}; use the configs \
+                 of the checkpoint's own family",
+                checkpoint.display(),
+                configs.family
+            )));
+        }
         Self::load_single_file_with(&weights, configs, tokenizers, loras, placement)
     }
 
@@ -193,8 +208,8 @@ pub fn open(path: &Path) -> Result<Weights, PipelineError> {
     })
 }
 
-/// openai/clip-vit-large-patch14's text config (SD 1.5's encoder, SDXL's first).
-const CLIP_L: &str = r#"{"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072,
+/// openai/clip-vit-large-patch14's text config (SD 1.5's encoder, SDXL's first, Flux's pooled one).
+pub(super) const CLIP_L: &str = r#"{"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072,
     "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77,
     "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": 768,
     "eos_token_id": 2}"#;
