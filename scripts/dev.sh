@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs infermine on this machine: a coordinator with SQLite in .dev/data and one local agent
-# serving the demo LLMs (tiny random-weight models of the real architectures, written by
-# `infermine-agent models synth` into .dev/models) and synthetic-echo, checked end to end with
-# a demo chat completion.
+# serving the demo models (tiny random-weight LLMs and SD 1.5 / SDXL pipelines of the real
+# architectures, written by `infermine-agent models synth` into .dev/models) and synthetic-echo,
+# checked end to end with a demo chat completion and a demo image.
 #
 #   scripts/dev.sh up              # set up, build, start, run a demo job; Ctrl-C stops both
 #   scripts/dev.sh up --detach     # the same, but returns and leaves them running
@@ -116,7 +116,7 @@ secret() {
 # HTTP from Python's standard library, which setup.sh needs anyway (curl may be missing).
 http() {
   python3 - "$@" <<'PY'
-import json, os, sys, time, urllib.error, urllib.request
+import base64, json, os, sys, time, urllib.error, urllib.request
 
 # The coordinator is local: never go through an http_proxy from the environment.
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -172,6 +172,20 @@ elif cmd == "demo-job":
         print(f"POST /v1/chat/completions answered {status}: {text}", file=sys.stderr)
         sys.exit(4 if status == 401 else 1)
     print(json.dumps(json.loads(text), indent=2, ensure_ascii=False))
+elif cmd == "demo-image":
+    key, model, out = sys.argv[3], sys.argv[4], sys.argv[5]
+    body = {"model": model, "prompt": "a lighthouse at dawn", "size": "128x128",
+            "steps": 12, "seed": 1}
+    print(f"dev: asking {model} for an image", file=sys.stderr)
+    status, text = call("POST", base + "/v1/images/generations", key, body, timeout=130)
+    if status != 200:
+        print(f"POST /v1/images/generations answered {status}: {text}", file=sys.stderr)
+        sys.exit(4 if status == 401 else 1)
+    answer = json.loads(text)
+    with open(out, "wb") as f:
+        f.write(base64.b64decode(answer["data"][0]["b64_json"]))
+    print(f"dev: {model} rendered {out} (random weights: the image is noise); "
+          f"job {answer['infermine']['job_ids'][0]}", file=sys.stderr)
 PY
 }
 
@@ -270,6 +284,14 @@ up() {
     die "the demo job did not complete (logs above, in .dev/agent.log and .dev/server.log)"
   fi
 
+  rc=0
+  http demo-image "$base" "$key" tiny-sd15 "$dev/demo-tiny-sd15.png" || rc=$?
+  if [[ $rc != 0 ]]; then
+    show_log "$dev/agent.log"
+    show_log "$dev/server.log"
+    die "the demo image job did not complete (logs above, in .dev/agent.log and .dev/server.log)"
+  fi
+
   banner "$base" "$key"
   if [[ $detach == 1 ]]; then
     trap - EXIT INT TERM
@@ -293,7 +315,7 @@ banner() {
 
 ────────────────────────────────────────────────────────────────────────
  infermine is running: coordinator + 1 agent (wallet $demo_wallet), serving
- ${demo_models[*]} (demo models: random weights, gibberish answers) and synthetic-echo
+ ${demo_models[*]} (demo models: random weights, gibberish text, noise images) and synthetic-echo
 
  Base URL   $base
  API key    $key   (kept in .dev/api.key)
@@ -304,6 +326,12 @@ banner() {
    curl -sS $base/v1/chat/completions \\
      -H 'Authorization: Bearer $key' -H 'Content-Type: application/json' \\
      -d '{"model":"$model","messages":[{"role":"user","content":"Hi!"}],"max_tokens":32}'
+
+ An image (tiny-sd15 and tiny-sdxl have random weights: they render noise):
+
+   curl -sS $base/v1/images/generations \\
+     -H 'Authorization: Bearer $key' -H 'Content-Type: application/json' \\
+     -d '{"model":"tiny-sd15","prompt":"a lighthouse at dawn","size":"128x128","steps":12}'
 
  Or with the openai package:  OpenAI(base_url="$base/v1", api_key="$key")
 
