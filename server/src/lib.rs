@@ -22,7 +22,8 @@
 //!
 //! - consumers ([`jobs::api`]): `POST /v1/jobs`, `GET`/`DELETE /v1/jobs/{id}`;
 //! - OpenAI-compatible ([`openai`]): `POST /v1/chat/completions` (JSON or server-sent events),
-//!   `GET /v1/models`, `GET /v1/models/{id}`; and for agents `GET /v1/models/{id}/files`;
+//!   `POST /v1/images/generations` (and the signed `GET /v1/images/{id}.png` links it hands
+//!   out), `GET /v1/models`, `GET /v1/models/{id}`; and for agents `GET /v1/models/{id}/files`;
 //! - agents ([`gateway`]): `GET /v1/agent/ws`, a WebSocket speaking `infermine-protocol`;
 //! - wallets ([`wallet`]): `POST /api/v1/auth/nonce` and `/verify`, `GET`/`POST
 //!   /api/v1/miner-tokens`, `DELETE /api/v1/miner-tokens/{id}`;

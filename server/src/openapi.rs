@@ -30,8 +30,9 @@ pub const SPEC_PATH: &str = "/openapi.json";
 pub const DOCS_PATH: &str = "/docs";
 
 const DESCRIPTION: &str = "\
-The infermine coordinator: consumers ask for chat completions through an OpenAI-compatible \
-API (`/v1/chat/completions`, `/v1/models`) or submit inference jobs of any kind (`/v1/jobs`), \
+The infermine coordinator: consumers ask for chat completions and images through an \
+OpenAI-compatible API (`/v1/chat/completions`, `/v1/images/generations`, `/v1/models`) or submit \
+inference jobs of any kind (`/v1/jobs`), \
 miners' agents run them over a WebSocket (`/v1/agent/ws`), and the portal shows points and \
 manages miner tokens (`/api/v1/…`).
 
@@ -54,7 +55,7 @@ points for display.";
     modifiers(&BearerScheme),
     components(schemas(LlmParams, ImageParams, SyntheticParams)),
     tags(
-        (name = "openai", description = "Consumers: OpenAI-compatible chat completions (API key)"),
+        (name = "openai", description = "Consumers: OpenAI-compatible chat completions and image generation (API key)"),
         (name = "models", description = "The models served, and their files for agents: public"),
         (name = "jobs", description = "Consumers: jobs of any model kind (API key)"),
         (name = "agent", description = "Miners' agents: the WebSocket they work over"),
@@ -77,7 +78,7 @@ impl Modify for BearerScheme {
             .description(Some(
                 "`Authorization: Bearer <token>`, where the token depends on the route:\n\
                  - consumer API keys (`imk_…`, from `infermine-server api-key create`) for \
-                 `/v1/chat/completions` and `/v1/jobs`;\n\
+                 `/v1/chat/completions`, `/v1/images/generations` and `/v1/jobs`;\n\
                  - wallet session JWTs (from `POST /api/v1/auth/verify`, good for 24 hours) for \
                  `/api/v1/miner-tokens`;\n\
                  - admin JWTs (from `infermine-server admin-token`) for `/api/v1/admin/…`.\n\
