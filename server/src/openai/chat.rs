@@ -38,6 +38,7 @@ use uuid::Uuid;
 
 use super::request::ChatCompletionRequest;
 use super::stream::{self, ChatCompletionChunk};
+use super::unavailable;
 use crate::AppState;
 use crate::dispatch::Dispatcher;
 use crate::error::{ApiError, ApiJson, ErrorBody};
@@ -352,13 +353,6 @@ impl ChatJob {
                     .unwrap_or_default()
             )));
         }
-        let message = match self.dispatcher.serving(model).await {
-            0 => format!("no agent serving model `{model}` is connected; try again later"),
-            slots => format!(
-                "every agent slot serving model `{model}` ({slots}) stayed busy for {waited} s; \
-                 try again later"
-            ),
-        };
-        Ending::Error(ApiError::Unavailable(message))
+        Ending::Error(unavailable(&self.dispatcher, model, waited).await)
     }
 }

@@ -41,6 +41,7 @@ use self::plan::Plan;
 use self::request::{ImageGenerationRequest, ResponseFormat};
 use self::url::{UrlSigner, unix_now};
 use super::chat::{final_view, shutting_down};
+use super::unavailable;
 use crate::AppState;
 use crate::dispatch::Dispatcher;
 use crate::error::{ApiError, ApiJson, ErrorBody};
@@ -299,14 +300,7 @@ impl Batch {
                     .unwrap_or_default()
             )));
         }
-        let message = match self.dispatcher.serving(model).await {
-            0 => format!("no agent serving model `{model}` is connected; try again later"),
-            slots => format!(
-                "every agent slot serving model `{model}` ({slots}) stayed busy for {waited} s; \
-                 try again later"
-            ),
-        };
-        Err(ApiError::Unavailable(message))
+        Err(unavailable(&self.dispatcher, model, waited).await)
     }
 
     fn shutting_down(&self) -> ApiError {

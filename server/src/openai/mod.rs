@@ -8,6 +8,7 @@
 //! route of this API does ([`crate::error`]).
 
 pub mod chat;
+mod fields;
 pub mod images;
 pub mod models;
 pub mod request;
@@ -27,4 +28,21 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(chat::completions))
         .routes(routes!(images::generations))
         .routes(routes!(images::url::image))
+}
+
+/// The 503 for a job of `model` that no agent took within `waited` seconds: none serving the
+/// model is connected, or all of them stayed busy.
+pub(crate) async fn unavailable(
+    dispatcher: &crate::dispatch::Dispatcher,
+    model: &str,
+    waited: u64,
+) -> crate::error::ApiError {
+    let message = match dispatcher.serving(model).await {
+        0 => format!("no agent serving model `{model}` is connected; try again later"),
+        slots => format!(
+            "every agent slot serving model `{model}` ({slots}) stayed busy for {waited} s; try \
+             again later"
+        ),
+    };
+    crate::error::ApiError::Unavailable(message)
 }

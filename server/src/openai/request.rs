@@ -7,12 +7,14 @@
 //! saying so, rather than silently answered as if they had not been sent.
 
 use infermine_protocol::{ChatMessage, LlmParams};
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
 
+use super::fields::{
+    describe, field, missing, unsupported_parameter, unsupported_value, wrong_type,
+};
 use crate::error::ApiError;
 
 /// `POST /v1/chat/completions`: OpenAI's chat completion request. Other OpenAI fields are
@@ -205,20 +207,6 @@ impl ChatCompletionRequest {
     /// Whether the streamed answer ends with a usage chunk.
     pub fn include_usage(&self) -> bool {
         self.stream_options.is_some_and(|o| o.include_usage)
-    }
-}
-
-/// A field of the expected type, or `None` when absent or null.
-fn field<T: DeserializeOwned>(
-    map: &Map<String, Value>,
-    name: &str,
-    expected: &str,
-) -> Result<Option<T>, ApiError> {
-    match map.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => T::deserialize(value)
-            .map(Some)
-            .map_err(|_| wrong_type(name, expected, value)),
     }
 }
 
@@ -439,49 +427,6 @@ fn present(value: Option<&Value>) -> bool {
         Some(Value::Array(items)) => !items.is_empty(),
         Some(Value::Object(fields)) => !fields.is_empty(),
         Some(_) => true,
-    }
-}
-
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".to_owned(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => format!("the number {n}"),
-        Value::String(_) => "a string".to_owned(),
-        Value::Array(_) => "an array".to_owned(),
-        Value::Object(_) => "an object".to_owned(),
-    }
-}
-
-fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
-    ApiError::BadParam {
-        code: "invalid_type",
-        message: format!("`{param}` must be {expected}, not {}", describe(got)),
-        param: Some(param.to_owned()),
-    }
-}
-
-fn missing(param: &str, expected: &str) -> ApiError {
-    ApiError::BadParam {
-        code: "missing_parameter",
-        message: format!("`{param}` is required: {expected}"),
-        param: Some(param.to_owned()),
-    }
-}
-
-fn unsupported_parameter(param: &str, message: String) -> ApiError {
-    ApiError::BadParam {
-        code: "unsupported_parameter",
-        message,
-        param: Some(param.to_owned()),
-    }
-}
-
-fn unsupported_value(param: &str, message: String) -> ApiError {
-    ApiError::BadParam {
-        code: "unsupported_value",
-        message,
-        param: Some(param.to_owned()),
     }
 }
 

@@ -10,42 +10,7 @@ use infermine_tests::{Backend, Client, TestServer};
 use serde_json::{Value, json};
 
 use crate::chat::{join, next_job, post};
-
-async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {
-    let response = request.send().await.expect("send");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-/// Checks an OpenAI-shaped error: status, `type`, `code`, `param`, and words of the message.
-fn assert_openai_error(
-    got: &(u16, Value),
-    status: u16,
-    kind: &str,
-    code: &str,
-    param: Option<&str>,
-    mentions: &str,
-) {
-    let (got_status, body) = got;
-    assert_eq!(*got_status, status, "{body}");
-    let error = &body["error"];
-    assert_eq!(error["type"], kind, "{body}");
-    assert_eq!(error["code"], code, "{body}");
-    assert_eq!(
-        error["param"],
-        param.map_or(Value::Null, Value::from),
-        "{body}"
-    );
-    assert!(
-        error.as_object().is_some_and(|e| e.contains_key("param")),
-        "param is always present: {body}"
-    );
-    let message = error["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains(mentions),
-        "message should mention `{mentions}`: {message}"
-    );
-}
+use crate::openai_errors::{answer, assert_openai_error};
 
 /// A refused body and its status, type, code, param and a word of its message.
 type Case = (

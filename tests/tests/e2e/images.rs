@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::chat::{join, next_job};
 use crate::on_both_databases;
+use crate::openai_errors::{answer, assert_openai_error};
 
 const MODEL: &str = "stable-diffusion-1.5";
 /// Micro-points of one 512×512, 25-step image on SD 1.5: 512·512·25 ÷ (512·512·20) × 0.3.
@@ -35,42 +36,6 @@ fn post(server: &TestServer, key: &str, body: &Value) -> reqwest::RequestBuilder
         .post(format!("{}/v1/images/generations", server.http()))
         .bearer_auth(key)
         .json(body)
-}
-
-async fn answer(request: reqwest::RequestBuilder) -> (u16, Value) {
-    let response = request.send().await.expect("send");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-/// Checks an OpenAI-shaped error: status, `type`, `code`, `param`, and words of the message.
-fn assert_openai_error(
-    got: &(u16, Value),
-    status: u16,
-    kind: &str,
-    code: &str,
-    param: Option<&str>,
-    mentions: &str,
-) {
-    let (got_status, body) = got;
-    assert_eq!(*got_status, status, "{body}");
-    let error = &body["error"];
-    assert_eq!(error["type"], kind, "{body}");
-    assert_eq!(error["code"], code, "{body}");
-    assert!(
-        error.as_object().is_some_and(|e| e.contains_key("param")),
-        "param is always present: {body}"
-    );
-    assert_eq!(
-        error["param"],
-        param.map_or(Value::Null, Value::from),
-        "{body}"
-    );
-    let message = error["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains(mentions),
-        "message should mention `{mentions}`: {message}"
-    );
 }
 
 fn image(extra: Value) -> Value {

@@ -10,6 +10,7 @@ mod images;
 mod lifecycle;
 mod limits;
 mod openai_client;
+mod openai_errors;
 mod openapi;
 mod points;
 mod rules;

@@ -9,11 +9,11 @@
 use std::fmt;
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::openai::fields::{describe, field, field_at, missing, unsupported_value, wrong_type};
 
 /// Most images one request may ask for.
 pub const MAX_IMAGES: u32 = 4;
@@ -334,63 +334,4 @@ fn lora(map: &Map<String, Value>) -> Result<Option<LoraRequest>, ApiError> {
     let scale = field_at::<f32>(lora, "scale", "lora.scale", expected)?
         .ok_or_else(|| missing("lora.scale", expected))?;
     Ok(Some(LoraRequest { scale }))
-}
-
-/// A field of the expected type, or `None` when absent or null.
-fn field<T: DeserializeOwned>(
-    map: &Map<String, Value>,
-    name: &str,
-    expected: &str,
-) -> Result<Option<T>, ApiError> {
-    field_at(map, name, name, expected)
-}
-
-/// [`field`] for a nested field, whose errors name it as `param`.
-fn field_at<T: DeserializeOwned>(
-    map: &Map<String, Value>,
-    name: &str,
-    param: &str,
-    expected: &str,
-) -> Result<Option<T>, ApiError> {
-    match map.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => T::deserialize(value)
-            .map(Some)
-            .map_err(|_| wrong_type(param, expected, value)),
-    }
-}
-
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".to_owned(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => format!("the number {n}"),
-        Value::String(_) => "a string".to_owned(),
-        Value::Array(_) => "an array".to_owned(),
-        Value::Object(_) => "an object".to_owned(),
-    }
-}
-
-fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
-    ApiError::BadParam {
-        code: "invalid_type",
-        message: format!("`{param}` must be {expected}, not {}", describe(got)),
-        param: Some(param.to_owned()),
-    }
-}
-
-fn missing(param: &str, expected: &str) -> ApiError {
-    ApiError::BadParam {
-        code: "missing_parameter",
-        message: format!("`{param}` is required: {expected}"),
-        param: Some(param.to_owned()),
-    }
-}
-
-fn unsupported_value(param: &str, message: String) -> ApiError {
-    ApiError::BadParam {
-        code: "unsupported_value",
-        message,
-        param: Some(param.to_owned()),
-    }
 }
