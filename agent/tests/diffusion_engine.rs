@@ -219,7 +219,35 @@ fn a_file_that_is_not_an_image_checkpoint_is_refused_naming_it() {
     let err = DiffusionEngine::load("x", dir.path(), Device::Cpu).expect_err("not SD");
     assert!(
         err.to_string()
-            .contains("is not an SD 1.5 or SDXL checkpoint"),
+            .contains("is not an SD 1.5, SDXL or Flux checkpoint"),
         "{err}"
     );
+}
+
+#[test]
+fn a_flux_folder_renders_through_the_engine_with_its_flow_sampler() {
+    let models = tempfile::tempdir().expect("temp dir");
+    let dir = synth("tiny-flux", models.path()).expect("synth");
+    let mut engine = DiffusionEngine::load("tiny-flux", &dir, Device::Cpu).expect("loads");
+    let mut request = params(None);
+    request.negative_prompt = String::new();
+    request.scheduler = Some("flow_euler".to_owned());
+    request.guidance_scale = 3.5;
+    let (rgb, text) = render(&mut engine, request.clone());
+    assert_eq!(rgb.size(), [64, 64, 3]);
+    assert!(
+        text.contains("Sampler: flow_euler, CFG scale: 3.5"),
+        "{text}"
+    );
+    let err = engine
+        .run(
+            &job(ImageParams {
+                scheduler: Some("euler".to_owned()),
+                ..request
+            }),
+            &CancelToken::new(),
+            &mut |_| {},
+        )
+        .expect_err("an SD sampler on Flux");
+    assert!(matches!(err, EngineError::InvalidParams(_)), "{err}");
 }

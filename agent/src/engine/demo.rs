@@ -79,7 +79,7 @@ fn write_folder(out: &Path, id: &str, files: &[(String, Vec<u8>)]) -> Result<Pat
 }
 
 /// A tensor ready for `safetensors::serialize`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Raw {
     dtype: Dtype,
     shape: Vec<usize>,

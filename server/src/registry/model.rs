@@ -97,6 +97,22 @@ impl Family {
         }
     }
 
+    /// Image sides are multiples of this: the VAE's 8 pixels per latent cell, and for Flux
+    /// also its 2×2 latent patches (16). 1 for non-image families.
+    pub fn side_multiple(self) -> u32 {
+        match self {
+            Self::Sd15 | Self::Sdxl => 8,
+            Self::Flux => 16,
+            Self::Llama3 | Self::Mistral | Self::Mixtral | Self::Synthetic => 1,
+        }
+    }
+
+    /// Whether requests may carry a negative prompt (Flux.1-dev is guidance-distilled and
+    /// runs without classifier-free guidance, so it has no negative side).
+    pub fn takes_negative_prompt(self) -> bool {
+        !matches!(self, Self::Flux)
+    }
+
     /// Sampler names a request may ask for. UNet models take the classic samplers; Flux is
     /// a flow-matching model and only has its Euler flow sampler. Empty for non-image models.
     pub fn schedulers(self) -> &'static [&'static str] {

@@ -155,8 +155,17 @@ fn check_image(limits: &ImageLimits, family: Family, p: &ImageParams) -> Result<
         limits.max_prompt_chars,
         false,
     )?;
-    check_side("width", p.width, limits.max_width)?;
-    check_side("height", p.height, limits.max_height)?;
+    if !p.negative_prompt.is_empty() && !family.takes_negative_prompt() {
+        return Err(ParamError::NotApplicable {
+            field: "negative_prompt".to_owned(),
+            model: format!("this {} model", family.as_str()),
+            reason: "it runs without classifier-free guidance; leave negative_prompt out"
+                .to_owned(),
+        });
+    }
+    let multiple = family.side_multiple();
+    check_side("width", p.width, limits.max_width, multiple)?;
+    check_side("height", p.height, limits.max_height, multiple)?;
     let pixels = u64::from(p.width) * u64::from(p.height);
     if pixels > limits.max_pixels {
         return Err(ParamError::AboveLimit {
@@ -188,15 +197,15 @@ fn check_image(limits: &ImageLimits, family: Family, p: &ImageParams) -> Result<
     Ok(())
 }
 
-fn check_side(field: &str, value: u32, max: u32) -> Result<(), ParamError> {
+fn check_side(field: &str, value: u32, max: u32, multiple: u32) -> Result<(), ParamError> {
     if value < IMAGE_SIDE_MIN {
         return Err(below(field, value, IMAGE_SIDE_MIN));
     }
-    if !value.is_multiple_of(IMAGE_SIDE_MULTIPLE) {
+    if !value.is_multiple_of(multiple) {
         return Err(ParamError::NotMultiple {
             field: field.to_owned(),
             value,
-            multiple: IMAGE_SIDE_MULTIPLE,
+            multiple,
         });
     }
     at_most(field, value, max)

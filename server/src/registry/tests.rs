@@ -68,6 +68,7 @@ fn builtin_has_the_seed_models_and_synthetic_with_seed_multipliers() {
         ),
         ("tiny-sd15", ModelKind::Image, Family::Sd15, 0.01, false),
         ("tiny-sdxl", ModelKind::Image, Family::Sdxl, 0.01, false),
+        ("tiny-flux", ModelKind::Image, Family::Flux, 0.01, false),
         (
             "synthetic-echo",
             ModelKind::Synthetic,
@@ -266,6 +267,7 @@ fn cpu_device_runs_the_demo_models_and_synthetic_echo_only() {
             "tiny-mixtral-gptq",
             "tiny-sd15",
             "tiny-sdxl",
+            "tiny-flux",
             "synthetic-echo"
         ]
     );
@@ -292,7 +294,8 @@ fn builtin_demo_models_are_synthesized_tiny_and_flagged() {
             "tiny-mixtral",
             "tiny-mixtral-gptq",
             "tiny-sd15",
-            "tiny-sdxl"
+            "tiny-sdxl",
+            "tiny-flux"
         ]
     );
     for id in demos {
@@ -339,7 +342,7 @@ fn builtin_demo_models_are_synthesized_tiny_and_flagged() {
                 // A diffusers pipeline folder, weights included.
                 assert!(names.contains(&"model_index.json"), "{id}");
                 assert!(
-                    names.contains(&"unet/diffusion_pytorch_model.safetensors"),
+                    names.contains(&"vae/diffusion_pytorch_model.safetensors"),
                     "{id}"
                 );
             }

@@ -12,10 +12,12 @@ use sha2::{Digest, Sha256};
 use tch::Device;
 
 use super::lora::LoraFile;
+use super::pipeline::flux::{self, FluxPipeline};
+use super::pipeline::flux_single_file;
 use super::pipeline::png::{self, PngParameters};
 use super::pipeline::sd::SdPipeline;
 use super::pipeline::single_file;
-use super::pipeline::{ImageRequest, PipelineError, Placement};
+use super::pipeline::{ImageRequest, PipelineError, Placement, RenderedImage};
 use super::scheduler::SamplerKind;
 use crate::engine::{CancelToken, Engine, EngineError, EngineEvent, catch_torch_panic};
 
@@ -25,7 +27,7 @@ pub struct DiffusionEngine {
     model: String,
     files: ModelFiles,
     device: Device,
-    pipeline: SdPipeline,
+    pipeline: Pipeline,
     /// The scale the loaded LoRAs are merged at.
     lora_scale: f64,
 }
@@ -48,6 +50,36 @@ pub enum ModelFiles {
 const DEFAULT_LORA_SCALE: f64 = 1.0;
 /// The strongest LoRA scale a request may ask for.
 pub const MAX_LORA_SCALE: f64 = 2.0;
+
+/// A loaded pipeline of either kind.
+#[derive(Debug)]
+enum Pipeline {
+    /// SD 1.5 or SDXL.
+    Sd(Box<SdPipeline>),
+    /// Flux.1.
+    Flux(Box<FluxPipeline>),
+}
+
+impl Pipeline {
+    fn render(
+        &self,
+        request: &ImageRequest,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<RenderedImage, PipelineError> {
+        match self {
+            Self::Sd(p) => p.render(request, cancelled),
+            Self::Flux(p) => p.render(request, cancelled),
+        }
+    }
+
+    /// The sampler's name as requests and the PNG's parameters spell it.
+    fn sampler_name(&self, requested: Option<SamplerKind>) -> &'static str {
+        match self {
+            Self::Sd(p) => requested.unwrap_or(p.default_sampler()).name(),
+            Self::Flux(_) => flux::SAMPLER_NAME,
+        }
+    }
+}
 
 impl ModelFiles {
     /// What the folder `dir` holds: a diffusers pipeline (`model_index.json`), or `.safetensors`
@@ -132,6 +164,7 @@ impl DiffusionEngine {
     fn request(&self, params: &ImageParams) -> Result<ImageRequest, EngineError> {
         let sampler = match params.scheduler.as_deref() {
             None => None,
+            Some(flux::SAMPLER_NAME) if matches!(self.pipeline, Pipeline::Flux(_)) => None,
             Some(name) => Some(
                 name.parse::<SamplerKind>()
                     .map_err(|e| EngineError::InvalidParams(e.to_string()))?,
@@ -182,7 +215,7 @@ impl Engine for DiffusionEngine {
         };
         let request = self.request(params)?;
         self.set_lora_scale(params.lora_scale.map_or(DEFAULT_LORA_SCALE, f64::from))?;
-        let sampler = request.sampler.unwrap_or(self.pipeline.default_sampler());
+        let sampler = self.pipeline.sampler_name(request.sampler);
         let image = catch_torch_panic("rendering", || {
             self.pipeline.render(&request, &|| cancel.is_cancelled())
         })?
@@ -196,7 +229,7 @@ impl Engine for DiffusionEngine {
             prompt: &params.prompt,
             negative_prompt: &params.negative_prompt,
             steps: params.steps,
-            sampler: sampler.name(),
+            sampler,
             guidance_scale: params.guidance_scale,
             seed: params.seed,
             model: &self.model,
@@ -218,15 +251,40 @@ fn load_pipeline(
     files: &ModelFiles,
     device: Device,
     lora_scale: f64,
-) -> Result<SdPipeline, EngineError> {
-    let placement = Placement::for_device(device);
+) -> Result<Pipeline, EngineError> {
     let loaded = catch_torch_panic("loading the weights", || match files {
-        ModelFiles::Diffusers(dir) => SdPipeline::load_diffusers(dir, placement),
+        ModelFiles::Diffusers(dir) if is_flux_folder(dir) => {
+            FluxPipeline::load_diffusers(dir, Placement::for_flux(device))
+                .map(|p| Pipeline::Flux(Box::new(p)))
+        }
+        ModelFiles::Diffusers(dir) => {
+            SdPipeline::load_diffusers(dir, Placement::for_device(device))
+                .map(|p| Pipeline::Sd(Box::new(p)))
+        }
         ModelFiles::SingleFile {
             checkpoint,
             loras,
             config_dir,
         } => {
+            let weights = single_file::open(checkpoint)?;
+            if flux_single_file::is_flux(&weights) {
+                if !loras.is_empty() {
+                    return Err(PipelineError::Format(
+                        "LoRAs on Flux checkpoints are not supported yet; remove the LoRA files \
+                         from the model folder"
+                            .to_owned(),
+                    ));
+                }
+                let folder = checkpoint.parent().unwrap_or(Path::new("."));
+                let t5 = folder.join("tokenizer_2/tokenizer.json");
+                return FluxPipeline::load_single_file(
+                    checkpoint,
+                    &t5,
+                    Placement::for_flux(device),
+                )
+                .map(|p| Pipeline::Flux(Box::new(p)));
+            }
+            drop(weights);
             let parsed = loras
                 .iter()
                 .map(|path| LoraFile::read(path))
@@ -234,8 +292,22 @@ fn load_pipeline(
                 .map_err(|e| PipelineError::Format(e.to_string()))?;
             let with_scale: Vec<(&LoraFile, f64)> =
                 parsed.iter().map(|lora| (lora, lora_scale)).collect();
-            SdPipeline::load_single_file(checkpoint, config_dir.as_deref(), &with_scale, placement)
+            SdPipeline::load_single_file(
+                checkpoint,
+                config_dir.as_deref(),
+                &with_scale,
+                Placement::for_device(device),
+            )
+            .map(|p| Pipeline::Sd(Box::new(p)))
         }
     })?;
     loaded.map_err(|e| EngineError::Agent(format!("cannot load model `{model}`: {e}")))
+}
+
+/// Whether a diffusers folder holds a Flux pipeline (its `model_index.json` class).
+fn is_flux_folder(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("model_index.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_some_and(|index| index["_class_name"] == "FluxPipeline")
 }

@@ -1,6 +1,7 @@
-//! Demo image models: tiny random-weight SD 1.5 and SDXL pipelines written as diffusers
-//! folders (`model_index.json`, `scheduler/`, `tokenizer*/`, `text_encoder*/`, `unet/`,
-//! `vae/`), which both this engine and diffusers load. Their images are noise.
+//! Demo image models: tiny random-weight SD 1.5, SDXL and Flux pipelines written as diffusers
+//! folders (`model_index.json`, `scheduler/`, `tokenizer*/`, `text_encoder*/`, `unet/` or
+//! `transformer/`, `vae/`), which both this engine and diffusers load. Their images are noise.
+//! `tiny-flux` is in [`flux`].
 //!
 //! The weights are exactly the tensors the engine's own loaders ask for: each component is
 //! loaded once from a [`Recorder`] that answers every lookup with seeded random values and
@@ -22,8 +23,10 @@ use super::vae::{VaeConfig, VaeDecoder, VaeLayout};
 use super::weights::{TensorSource, WeightsError};
 use crate::engine::demo::{Raw, SynthError, f32s};
 
+pub mod flux;
+
 /// The demo image model ids, in the registry's order.
-pub const DEMO_MODELS: &[&str] = &["tiny-sd15", "tiny-sdxl"];
+pub const DEMO_MODELS: &[&str] = &["tiny-sd15", "tiny-sdxl", "tiny-flux"];
 
 /// Merges in the demo CLIP vocabulary (512 byte symbols + merges + 2 special tokens).
 const MERGES: usize = 230;
@@ -33,6 +36,7 @@ pub fn files(id: &str) -> Result<Vec<(String, Vec<u8>)>, SynthError> {
     let sdxl = match id {
         "tiny-sd15" => false,
         "tiny-sdxl" => true,
+        "tiny-flux" => return flux::files(id),
         _ => return Err(SynthError::UnknownModel(id.to_owned())),
     };
     let vocab = synth_vocab(MERGES);
@@ -181,7 +185,8 @@ fn record(
 
 /// A [`TensorSource`] that makes up every tensor asked for: values from a generator seeded by
 /// the model, component and tensor name (so the order of lookups does not matter), scaled so
-/// activations stay near unit size. Norm weights are near 1, biases small.
+/// activations stay near unit size. Norm scales (1-D) are near 1, biases small; a norm's
+/// modulation matrix (Flux's `norm1.linear`) is an ordinary linear weight.
 struct Recorder {
     seed: String,
     tensors: RefCell<BTreeMap<String, Raw>>,
@@ -195,7 +200,7 @@ impl TensorSource for Recorder {
         let mut rng = ChaCha8Rng::from_seed(digest.into());
         let leaf = name.rsplit('.').next().unwrap_or(name);
         let is_norm = name.contains("norm") || name.contains("ln_");
-        let values: Vec<f32> = if is_norm && leaf == "weight" {
+        let values: Vec<f32> = if is_norm && leaf == "weight" && dims.len() == 1 {
             (0..n).map(|_| 1.0 + rng.random_range(-0.1..=0.1)).collect()
         } else if leaf == "bias" || dims.len() < 2 {
             (0..n).map(|_| rng.random_range(-0.05..=0.05)).collect()

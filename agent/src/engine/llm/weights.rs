@@ -217,6 +217,47 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
         Dtype::I8 => Kind::Int8,
         Dtype::U8 => Kind::Uint8,
         Dtype::BOOL => Kind::Bool,
+        // fp8 checkpoints (T5 in the Flux single files) are upcast where they are placed.
+        Dtype::F8_E4M3 => Kind::Float8e4m3fn,
+        Dtype::F8_E5M2 => Kind::Float8e5m2,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: fp8 tensors were refused as "a dtype this engine does not load".
+    #[test]
+    fn fp8_tensors_load_with_their_kind_and_upcast_exactly() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("fp8.safetensors");
+        // e4m3fn: 1.0, 2.0, -1.0, 0.5; e5m2: 1.0, 2.0, -1.0, 0.5.
+        let e4m3 = [0x38u8, 0x40, 0xB8, 0x30];
+        let e5m2 = [0x3Cu8, 0x40, 0xBC, 0x38];
+        let views = [
+            (
+                "a",
+                safetensors::tensor::TensorView::new(Dtype::F8_E4M3, vec![2, 2], &e4m3),
+            ),
+            (
+                "b",
+                safetensors::tensor::TensorView::new(Dtype::F8_E5M2, vec![4], &e5m2),
+            ),
+        ]
+        .map(|(name, view)| (name, view.expect("a valid view")));
+        safetensors::serialize_to_file(views, None, &path).expect("written");
+        let weights = Weights::open_files(&[path.as_path()]).expect("opens");
+        let a = weights
+            .load("a", &[2, 2], Device::Cpu, None)
+            .expect("loads");
+        assert_eq!(a.kind(), Kind::Float8e4m3fn);
+        let want = Tensor::from_slice(&[1.0f32, 2.0, -1.0, 0.5]);
+        assert_eq!(a.to_kind(Kind::Float).reshape([4]), want);
+        let b = weights
+            .load("b", &[4], Device::Cpu, Some(Kind::Float))
+            .expect("loads");
+        assert_eq!(b, want);
+    }
 }

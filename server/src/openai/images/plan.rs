@@ -11,14 +11,14 @@ use crate::registry::{Family, ImageLimits, Limits, ModelSpec, ParamError, Regist
 
 /// Smallest image side the registry accepts (its checks have the final word).
 const SIDE_MIN: u32 = 64;
-/// Image sides are whole blocks of the latent space.
-const SIDE_MULTIPLE: u32 = 8;
 
 /// What a request leaves out, by family: the one place these defaults live.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct FamilyDefaults {
     /// The side of the square the family was trained at.
     pub(crate) side: u32,
+    /// Sides are multiples of this (the family's latent blocks).
+    pub(crate) multiple: u32,
     pub(crate) steps: u32,
     pub(crate) guidance_scale: f32,
 }
@@ -36,13 +36,14 @@ impl FamilyDefaults {
         };
         Some(Self {
             side,
+            multiple: family.side_multiple(),
             steps,
             guidance_scale,
         })
     }
 
     /// The native square, shrunk to the model's limits (sides, then pixels) with sides kept
-    /// multiples of 8.
+    /// multiples of the family's block.
     pub(crate) fn size(self, limits: &ImageLimits) -> ImageSize {
         let mut width = self.side.min(limits.max_width);
         let mut height = self.side.min(limits.max_height);
@@ -51,7 +52,7 @@ impl FamilyDefaults {
             let shrink = (limits.max_pixels as f64 / pixels as f64).sqrt();
             let fit = |side: u32| {
                 let scaled = (f64::from(side) * shrink) as u32;
-                (scaled - scaled % SIDE_MULTIPLE).max(SIDE_MIN)
+                (scaled - scaled % self.multiple).max(SIDE_MIN)
             };
             (width, height) = (fit(width), fit(height));
         }
@@ -114,7 +115,7 @@ impl ImageGenerationRequest {
             lora_scale: self.lora.map(|lora| lora.scale),
         };
         spec.validate_params(&JobParams::Image(first.clone()))
-            .map_err(|e| refused(&e, size, limits))?;
+            .map_err(|e| refused(&e, size, limits, defaults.multiple))?;
         Ok(Plan {
             model: spec.id.clone(),
             first,
@@ -125,13 +126,13 @@ impl ImageGenerationRequest {
 }
 
 /// A registry refusal, with `param` named as this request names it.
-fn refused(error: &ParamError, size: ImageSize, limits: &ImageLimits) -> ApiError {
+fn refused(error: &ParamError, size: ImageSize, limits: &ImageLimits, multiple: u32) -> ApiError {
     let (param, message) = match error.field() {
         Some("width" | "height" | "width×height") => (
             "size",
             format!(
                 "size {size}: {error}; this model takes sides that are multiples of \
-                 {SIDE_MULTIPLE} from {SIDE_MIN} to {}x{}, at most {} pixels in all",
+                 {multiple} from {SIDE_MIN} to {}x{}, at most {} pixels in all",
                 limits.max_width, limits.max_height, limits.max_pixels
             ),
         ),

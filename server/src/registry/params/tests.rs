@@ -109,6 +109,31 @@ fn image_sides_are_multiples_of_8_within_limits() {
 }
 
 #[test]
+fn flux_sides_are_multiples_of_16_and_it_takes_no_negative_prompt() {
+    let flux = model("flux.1-dev-nf4");
+    let ok = image(1024, 768, 28);
+    assert!(flux.validate_params(&JobParams::Image(ok)).is_ok());
+    let (message, code) = refused_image("flux.1-dev-nf4", image(1032, 1024, 28));
+    assert!(message.contains("multiple of 16"), "{message}");
+    assert_eq!(code, "param_out_of_range");
+    let mut negative = image(1024, 1024, 28);
+    negative.negative_prompt = "blurry".to_owned();
+    let (message, code) = refused_image("flux.1-dev-nf4", negative.clone());
+    assert!(message.contains("negative_prompt"), "{message}");
+    assert_eq!(code, "param_not_supported");
+    // SD models take both.
+    negative.width = 1032;
+    assert!(
+        model("sdxl-base-1.0")
+            .validate_params(&JobParams::Image(ImageParams {
+                height: 1032,
+                ..negative
+            }))
+            .is_ok()
+    );
+}
+
+#[test]
 fn image_pixels_are_capped() {
     let (message, code) = refused_image("stable-diffusion-1.5", image(1024, 1024, 20));
     assert_eq!(

@@ -263,3 +263,8 @@ async fn images_render_for_real_on_tiny_sd15() {
 async fn images_render_for_real_on_tiny_sdxl() {
     render_for_real("tiny-sdxl").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_render_for_real_on_tiny_flux() {
+    render_for_real("tiny-flux").await;
+}

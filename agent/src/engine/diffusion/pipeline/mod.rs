@@ -3,12 +3,16 @@
 //! weights, seed and sampler.
 //!
 //! - [`sd`]: `StableDiffusionPipeline` (SD 1.5) and `StableDiffusionXLPipeline` (SDXL).
+//! - [`single_file`]: SD 1.5 / SDXL single-file checkpoints with built-in configs.
+//! - [`flux`]: `FluxPipeline` (FLUX.1-dev); [`flux_single_file`]: its all-in-one NF4 checkpoint.
 //! - [`png`]: the PNG file, with the request in a `parameters` text chunk.
 //!
 //! The initial noise (and an ancestral sampler's per-step noise) is drawn on the CPU from a
 //! generator seeded with the request's seed, in diffusers' order, so any device starts from
 //! the same latents.
 
+pub mod flux;
+pub mod flux_single_file;
 pub mod png;
 pub mod sd;
 pub mod single_file;
@@ -19,7 +23,9 @@ use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 use super::clip::ClipError;
+use super::flux::FluxError;
 use super::scheduler::{SamplerKind, SchedulerError};
+use super::t5::T5Error;
 use super::unet::UNetError;
 use super::vae::VaeError;
 use super::weights::WeightsError;
@@ -30,15 +36,18 @@ use crate::engine::llm::weights::Weights;
 pub struct ImageRequest {
     pub prompt: String,
     /// `None` leaves the negative side to the pipeline's default (SDXL: zeros; SD 1.5: `""`).
+    /// Flux refuses a non-empty one.
     pub negative_prompt: Option<String>,
-    /// Pixels; a multiple of the VAE's scale factor (8).
+    /// Pixels; a multiple of the VAE's scale factor (8), for Flux of twice that (16).
     pub width: u32,
     pub height: u32,
     pub steps: u32,
-    /// Classifier-free guidance scale; at 1 or below the negative side is not computed.
+    /// Classifier-free guidance scale; at 1 or below the negative side is not computed. Flux
+    /// (guidance-distilled) embeds it instead and runs one pass per step (3.5 typical).
     pub guidance_scale: f32,
     pub seed: u64,
-    /// `None`: the pipeline's default sampler.
+    /// `None`: the pipeline's default sampler. Flux has only its flow-matching Euler sampler
+    /// and takes `None`.
     pub sampler: Option<SamplerKind>,
 }
 
@@ -51,6 +60,10 @@ pub enum PipelineError {
     Clip(#[from] ClipError),
     #[error("UNet: {0}")]
     UNet(#[from] UNetError),
+    #[error("T5 text encoder: {0}")]
+    T5(#[from] T5Error),
+    #[error("Flux transformer: {0}")]
+    Flux(#[from] FluxError),
     #[error("VAE: {0}")]
     Vae(#[from] VaeError),
     #[error(transparent)]
@@ -107,6 +120,17 @@ impl Placement {
     pub fn for_device(device: Device) -> Self {
         let kind = if device.is_cuda() {
             Kind::Half
+        } else {
+            Kind::Float
+        };
+        Self { device, kind }
+    }
+
+    /// f32 on the CPU; bf16 on CUDA, the precision Flux is published and run in (its T5
+    /// overflows in f16).
+    pub fn for_flux(device: Device) -> Self {
+        let kind = if device.is_cuda() {
+            Kind::BFloat16
         } else {
             Kind::Float
         };

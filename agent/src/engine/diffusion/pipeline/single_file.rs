@@ -106,7 +106,7 @@ impl SdPipeline {
         let weights = open(checkpoint)?;
         let family = detect_family(&weights).ok_or_else(|| {
             PipelineError::Format(format!(
-                "{} is not an SD 1.5 or SDXL checkpoint (it has neither \
+                "{} is not an SD 1.5, SDXL or Flux checkpoint (it has neither \
                  `cond_stage_model.transformer.*` nor `conditioner.embedders.1.*` text encoder \
                  weights); use a full single-file checkpoint, not a UNet-only or pruned file",
                 checkpoint.display()
