@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs infermine on this machine: a coordinator with SQLite in .dev/data and one local agent
-# serving the demo models (tiny random-weight LLMs and SD 1.5 / SDXL pipelines of the real
+# serving the demo models (tiny random-weight LLMs and SD 1.5 / SDXL / Flux pipelines of the real
 # architectures, written by `infermine-agent models synth` into .dev/models) and synthetic-echo,
 # checked end to end with a demo chat completion and a demo image.
 #
@@ -29,7 +29,7 @@ unset INFERMINE_CONFIG INFERMINE_DATA_DIR INFERMINE_DATABASE_URL INFERMINE_JWT_S
 demo_wallet=0x5aeda56215b167893e80b4fe645ba6d5bab767de
 demo_name=demo
 # The agent serves these; the demo job and the printed examples use the first.
-demo_models=(tiny-llama tiny-mistral tiny-mixtral tiny-mixtral-gptq tiny-sd15 tiny-sdxl)
+demo_models=(tiny-llama tiny-mistral tiny-mixtral tiny-mixtral-gptq tiny-sd15 tiny-sdxl tiny-flux)
 model=${demo_models[0]}
 listen=${INFERMINE_LISTEN:-127.0.0.1:8080}
 profile=${INFERMINE_DEV_PROFILE:-debug}
@@ -327,7 +327,7 @@ banner() {
      -H 'Authorization: Bearer $key' -H 'Content-Type: application/json' \\
      -d '{"model":"$model","messages":[{"role":"user","content":"Hi!"}],"max_tokens":32}'
 
- An image (tiny-sd15 and tiny-sdxl have random weights: they render noise):
+ An image (tiny-sd15, tiny-sdxl and tiny-flux have random weights: they render noise):
 
    curl -sS $base/v1/images/generations \\
      -H 'Authorization: Bearer $key' -H 'Content-Type: application/json' \\
