@@ -52,6 +52,7 @@ pub mod openapi;
 pub mod points;
 pub mod portal;
 pub mod registry;
+pub mod review;
 pub mod storage;
 pub mod wallet;
 

@@ -194,7 +194,14 @@ pub struct Slashed {
 /// Records a slash as a debit: never more than the balance, so balances stay ≥ 0.
 pub async fn slash(db: &Db, slash: &Slash) -> Result<Slashed, DbError> {
     let mut tx = db.begin().await?;
-    let balance = balance_in(&mut tx, &slash.wallet, slash.kind).await?;
+    let slashed = slash_in(&mut tx, slash).await?;
+    tx.commit().await?;
+    Ok(slashed)
+}
+
+/// [`slash`] inside a transaction that writes more with it (an anti-cheat case's decision).
+pub async fn slash_in(tx: &mut Tx, slash: &Slash) -> Result<Slashed, DbError> {
+    let balance = balance_in(tx, &slash.wallet, slash.kind).await?;
     let wanted = match slash.amount {
         SlashAmount::Micro(micro) => micro,
         SlashAmount::Fraction(f) => (balance as f64 * f).round() as MicroPoints,
@@ -239,8 +246,7 @@ pub async fn slash(db: &Db, slash: &Slash) -> Result<Slashed, DbError> {
                 .to_owned(),
         );
     let recorded = tx.execute(&insert).await? == 1;
-    let balance_after = balance_in(&mut tx, &slash.wallet, slash.kind).await?;
-    tx.commit().await?;
+    let balance_after = balance_in(tx, &slash.wallet, slash.kind).await?;
     Ok(Slashed {
         amount: if recorded { amount } else { 0 },
         recorded,

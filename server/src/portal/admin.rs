@@ -51,6 +51,22 @@ pub struct SlashResponse {
     pub slashes: Vec<SlashOutcome>,
 }
 
+/// How much to slash, from a request's `points` or `fraction` (exactly one).
+pub(super) fn slash_amount(
+    points: Option<f64>,
+    fraction: Option<f64>,
+) -> Result<SlashAmount, ApiError> {
+    match (points, fraction) {
+        (Some(p), None) if p.is_finite() && p > 0.0 => {
+            Ok(SlashAmount::Micro((p * 1e6).round() as MicroPoints))
+        }
+        (None, Some(f)) if f.is_finite() && f > 0.0 && f <= 1.0 => Ok(SlashAmount::Fraction(f)),
+        _ => Err(ApiError::InvalidRequest(
+            "give exactly one of `points` (> 0) and `fraction` (in (0, 1])".to_owned(),
+        )),
+    }
+}
+
 /// Takes points from a wallet as a ledger debit with a reason (admin).
 #[utoipa::path(post, path = "/api/v1/admin/slashes", tag = "admin", request_body = SlashRequest,
     security(("bearer" = [])),
@@ -65,17 +81,7 @@ pub async fn admin_slash(
     ApiJson(request): ApiJson<SlashRequest>,
 ) -> Result<Json<SlashResponse>, ApiError> {
     let wallet = wallet_param(&request.address)?;
-    let amount = match (request.points, request.fraction) {
-        (Some(p), None) if p.is_finite() && p > 0.0 => {
-            SlashAmount::Micro((p * 1e6).round() as MicroPoints)
-        }
-        (None, Some(f)) if f.is_finite() && f > 0.0 && f <= 1.0 => SlashAmount::Fraction(f),
-        _ => {
-            return Err(ApiError::InvalidRequest(
-                "give exactly one of `points` (> 0) and `fraction` (in (0, 1])".to_owned(),
-            ));
-        }
-    };
+    let amount = slash_amount(request.points, request.fraction)?;
     let reason = request.reason.trim();
     if reason.is_empty() || reason.len() > 500 {
         return Err(ApiError::InvalidRequest(
@@ -153,11 +159,26 @@ pub async fn admin_suspend(
             "reason must be 1-200 characters: the miner sees it".to_owned(),
         ));
     }
-    if !miners::set_suspended(&state.db, &miner_id, Some(reason)).await? {
-        return Err(no_miner(&miner_id));
+    let disconnected = suspend(&state, &miner_id, reason, &admin.name).await?;
+    Ok(Json(SuspendResponse {
+        miner_id,
+        suspended: true,
+        disconnected,
+    }))
+}
+
+/// Suspends a GPU and closes its session; returns whether one was closed.
+pub(super) async fn suspend(
+    state: &AppState,
+    miner_id: &str,
+    reason: &str,
+    admin: &str,
+) -> Result<bool, ApiError> {
+    if !miners::set_suspended(&state.db, miner_id, Some(reason)).await? {
+        return Err(no_miner(miner_id));
     }
-    tracing::warn!(%miner_id, admin = %admin.name, reason, "miner suspended");
-    let disconnected = match state.online.session_of(&miner_id) {
+    tracing::warn!(%miner_id, %admin, reason, "miner suspended");
+    Ok(match state.online.session_of(miner_id) {
         Some((_, sender)) => sender
             .send(crate::dispatch::Outbound::Close(
                 infermine_protocol::CloseCode::Suspended,
@@ -166,12 +187,7 @@ pub async fn admin_suspend(
             .await
             .is_ok(),
         None => false,
-    };
-    Ok(Json(SuspendResponse {
-        miner_id,
-        suspended: true,
-        disconnected,
-    }))
+    })
 }
 
 /// Lets a suspended GPU connect and work again (admin).
@@ -211,4 +227,5 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin_slash))
         .routes(routes!(admin_suspend))
         .routes(routes!(admin_unsuspend))
+        .merge(super::cases::routes())
 }

@@ -6,6 +6,7 @@
 //! `next_cursor` of the previous page). The admin routes are in [`admin`].
 
 mod admin;
+mod cases;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};

@@ -3,6 +3,7 @@
 //! is set). One test binary, so the suite links once.
 
 mod api_errors;
+mod cases;
 mod chat;
 mod chat_errors;
 mod frames;
