@@ -114,6 +114,15 @@ impl ModelSpec {
     pub fn validate_params(&self, params: &JobParams) -> Result<(), ParamError> {
         match (&self.limits, params) {
             (Limits::Image(limits), JobParams::Image(p)) => {
+                if !p.negative_prompt.is_empty() && !self.family.takes_negative_prompt() {
+                    return Err(ParamError::NotApplicable {
+                        field: "negative_prompt".to_owned(),
+                        model: self.id.clone(),
+                        reason: "it runs without classifier-free guidance; leave \
+                                 negative_prompt out"
+                            .to_owned(),
+                    });
+                }
                 check_image(limits, self.family, p)?;
                 check_lora_scale(self, p.lora_scale)
             }
@@ -155,14 +164,6 @@ fn check_image(limits: &ImageLimits, family: Family, p: &ImageParams) -> Result<
         limits.max_prompt_chars,
         false,
     )?;
-    if !p.negative_prompt.is_empty() && !family.takes_negative_prompt() {
-        return Err(ParamError::NotApplicable {
-            field: "negative_prompt".to_owned(),
-            model: format!("this {} model", family.as_str()),
-            reason: "it runs without classifier-free guidance; leave negative_prompt out"
-                .to_owned(),
-        });
-    }
     let multiple = family.side_multiple();
     check_side("width", p.width, limits.max_width, multiple)?;
     check_side("height", p.height, limits.max_height, multiple)?;
