@@ -25,7 +25,8 @@ use serde::Deserialize;
 use tch::Tensor;
 
 use super::{
-    ImageRequest, PipelineError, Placement, RenderedImage, component_weights, seeded_noise,
+    ImageRequest, PipelineError, Placement, RenderedImage, component_weights, decode, seeded_noise,
+    vae_scale_factor,
 };
 use crate::engine::diffusion::clip::{ClipLayout, ClipTextConfig, ClipTextModel};
 use crate::engine::diffusion::clip_tokenizer::ClipTokenizer;
@@ -37,7 +38,7 @@ use crate::engine::diffusion::scheduler::{FlowMatchConfig, FlowMatchEuler};
 use crate::engine::diffusion::t5::{
     FLUX_DEV_MAX_LENGTH, T5Config, T5EncoderModel, T5Layout, T5Tokenizer,
 };
-use crate::engine::diffusion::vae::{VaeConfig, VaeDecoder, VaeLayout, to_rgb8};
+use crate::engine::diffusion::vae::{VaeConfig, VaeDecoder, VaeLayout};
 use crate::engine::diffusion::weights::{TensorSource, read_config};
 
 /// The name requests use for Flux's only sampler.
@@ -213,7 +214,7 @@ impl FluxPipeline {
     /// Pixels per latent cell (8 for FLUX.1's VAE); images are sized in multiples of twice
     /// this, as latents are packed in 2×2 patches.
     pub fn vae_scale_factor(&self) -> u32 {
-        1 << (self.vae.config().block_out_channels.len() - 1)
+        vae_scale_factor(&self.vae)
     }
 
     /// The T5 prompt length (`max_sequence_length`).
@@ -228,14 +229,7 @@ impl FluxPipeline {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<RenderedImage, PipelineError> {
         let latents = self.denoise(request, cancelled)?;
-        let _no_grad = tch::no_grad_guard();
-        let image = self.vae.latents_to_image(&latents)?;
-        let rgb = to_rgb8(&image)?.get(0);
-        Ok(RenderedImage {
-            rgb,
-            width: request.width,
-            height: request.height,
-        })
+        decode(&self.vae, &latents, request)
     }
 
     /// The denoised latents for `request`, unpacked (`[1, 16, h/8, w/8]`), before the VAE.

@@ -27,7 +27,7 @@ use super::flux::FluxError;
 use super::scheduler::{SamplerKind, SchedulerError};
 use super::t5::T5Error;
 use super::unet::UNetError;
-use super::vae::VaeError;
+use super::vae::{VaeDecoder, VaeError, to_rgb8};
 use super::weights::WeightsError;
 use crate::engine::llm::weights::Weights;
 
@@ -184,4 +184,26 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>, WeightsError> {
     files.dedup();
     let dir = index.parent().unwrap_or(Path::new("."));
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// Pixels per latent cell of `vae`: 2 to the number of its upsampling levels (8 for the
+/// published VAEs).
+pub(crate) fn vae_scale_factor(vae: &VaeDecoder) -> u32 {
+    1 << (vae.config().block_out_channels.len() - 1)
+}
+
+/// The image for a request's denoised `latents`: VAE decode, then RGB8 as diffusers rounds it.
+pub(crate) fn decode(
+    vae: &VaeDecoder,
+    latents: &Tensor,
+    request: &ImageRequest,
+) -> Result<RenderedImage, PipelineError> {
+    let _no_grad = tch::no_grad_guard();
+    let image = vae.latents_to_image(latents)?;
+    let rgb = to_rgb8(&image)?.get(0);
+    Ok(RenderedImage {
+        rgb,
+        width: request.width,
+        height: request.height,
+    })
 }

@@ -19,7 +19,8 @@ use serde::Deserialize;
 use tch::{Kind, Tensor};
 
 use super::{
-    ImageRequest, PipelineError, Placement, RenderedImage, component_weights, seeded_noise,
+    ImageRequest, PipelineError, Placement, RenderedImage, component_weights, decode, seeded_noise,
+    vae_scale_factor,
 };
 use crate::engine::diffusion::clip::{ClipLayout, ClipTextConfig, ClipTextModel};
 use crate::engine::diffusion::clip_tokenizer::ClipTokenizer;
@@ -27,7 +28,7 @@ use crate::engine::diffusion::scheduler::{
     SamplerKind, ScheduleConfig, Scheduler, TimestepSpacing,
 };
 use crate::engine::diffusion::unet::{AddedCond, UNet, UNetConfig, UNetLayout};
-use crate::engine::diffusion::vae::{VaeConfig, VaeDecoder, VaeLayout, to_rgb8};
+use crate::engine::diffusion::vae::{VaeConfig, VaeDecoder, VaeLayout};
 use crate::engine::diffusion::weights::{TensorSource, read_config};
 
 /// Which of the two UNet pipelines.
@@ -200,7 +201,7 @@ impl SdPipeline {
 
     /// Pixels per latent cell (8 for the published VAEs).
     pub fn vae_scale_factor(&self) -> u32 {
-        1 << (self.vae.config().block_out_channels.len() - 1)
+        vae_scale_factor(&self.vae)
     }
 
     /// The sampler used when a request names none (from `scheduler_config.json`'s class;
@@ -216,14 +217,7 @@ impl SdPipeline {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<RenderedImage, PipelineError> {
         let latents = self.denoise(request, cancelled)?;
-        let _no_grad = tch::no_grad_guard();
-        let image = self.vae.latents_to_image(&latents)?;
-        let rgb = to_rgb8(&image)?.get(0);
-        Ok(RenderedImage {
-            rgb,
-            width: request.width,
-            height: request.height,
-        })
+        decode(&self.vae, &latents, request)
     }
 
     /// The denoised latents for `request` (`[1, 4, h/8, w/8]`), before the VAE.
