@@ -324,12 +324,20 @@ fn unet_config(sdxl: bool, cross: usize) -> Json {
 
 /// Four levels, so one latent cell is 8×8 pixels as in the published VAEs.
 fn vae_config(sdxl: bool) -> Json {
+    let mut config = tiny_vae_config(4, if sdxl { 0.13025 } else { 0.18215 });
+    config["force_upcast"] = json!(sdxl);
+    config
+}
+
+/// The demo VAEs' shared shape: four narrow levels (8×8 pixels per latent cell, as in the
+/// published VAEs) with `latent_channels` and `scaling_factor`.
+pub(super) fn tiny_vae_config(latent_channels: i64, scaling_factor: f64) -> Json {
     json!({
         "_class_name": "AutoencoderKL",
         "_diffusers_version": "0.42.1",
         "in_channels": 3,
         "out_channels": 3,
-        "latent_channels": 4,
+        "latent_channels": latent_channels,
         "block_out_channels": [16, 16, 32, 32],
         "down_block_types": vec!["DownEncoderBlock2D"; 4],
         "up_block_types": vec!["UpDecoderBlock2D"; 4],
@@ -337,7 +345,6 @@ fn vae_config(sdxl: bool) -> Json {
         "norm_num_groups": 8,
         "act_fn": "silu",
         "sample_size": 64,
-        "scaling_factor": if sdxl { 0.13025 } else { 0.18215 },
-        "force_upcast": sdxl,
+        "scaling_factor": scaling_factor,
     })
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value as Json, json};
 use tch::{Device, Kind};
 
-use super::{Files, clip, clip_config, parse, record};
+use super::{Files, clip, clip_config, parse, record, tiny_vae_config};
 use crate::engine::demo::SynthError;
 use crate::engine::diffusion::clip_tokenizer::{EOS, synth_vocab};
 use crate::engine::diffusion::flux::{FluxConfig, FluxLayout, FluxTransformer};
@@ -299,28 +299,19 @@ fn transformer_config() -> Json {
 /// FLUX.1-dev's VAE (16 latent channels, shift factor, no quant convs) with four narrow levels,
 /// so one latent cell is 8×8 pixels as in the published one.
 fn vae_config() -> Json {
-    json!({
-        "_class_name": "AutoencoderKL",
-        "_diffusers_version": "0.42.1",
-        "in_channels": 3,
-        "out_channels": 3,
-        "latent_channels": 16,
-        "block_out_channels": [16, 16, 32, 32],
-        "down_block_types": vec!["DownEncoderBlock2D"; 4],
-        "up_block_types": vec!["UpDecoderBlock2D"; 4],
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
-        "act_fn": "silu",
-        "sample_size": 64,
-        "scaling_factor": 0.3611,
-        "shift_factor": 0.1159,
-        "use_quant_conv": false,
-        "use_post_quant_conv": false,
-        "mid_block_add_attention": true,
-        "force_upcast": true,
-        "latents_mean": null,
-        "latents_std": null,
-    })
+    let mut config = tiny_vae_config(16, 0.3611);
+    for (key, value) in [
+        ("shift_factor", json!(0.1159)),
+        ("use_quant_conv", json!(false)),
+        ("use_post_quant_conv", json!(false)),
+        ("mid_block_add_attention", json!(true)),
+        ("force_upcast", json!(true)),
+        ("latents_mean", Json::Null),
+        ("latents_std", Json::Null),
+    ] {
+        config[key] = value;
+    }
+    config
 }
 
 #[cfg(test)]
