@@ -34,6 +34,9 @@ pub enum JobParams {
     Llm(LlmParams),
     Image(ImageParams),
     Synthetic(SyntheticParams),
+    /// Review work for a trusted validator: score another agent's completion token by token
+    /// (teacher forcing). Never submitted by consumers.
+    LlmScore(LlmScoreParams),
 }
 
 impl JobParams {
@@ -52,6 +55,7 @@ impl JobParams {
             Self::Llm(_) => ModelKind::Llm,
             Self::Image(_) => ModelKind::Image,
             Self::Synthetic(_) => ModelKind::Synthetic,
+            Self::LlmScore(_) => ModelKind::Llm,
         }
     }
 }
@@ -156,6 +160,52 @@ fn default_output_bytes() -> u32 {
     64
 }
 
+/// A completion to score under the model: the validator runs the request's prompt followed by
+/// `token_ids` through the model in one pass and reports, per token, how likely the model and
+/// the request's sampling settings made it ([`TokenScore`]).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmScoreParams {
+    /// The request the completion answered (messages, sampling settings, seed).
+    pub request: LlmParams,
+    /// The completion's token ids as the agent that produced it reported them.
+    pub token_ids: Vec<u32>,
+    /// The completion's text as that agent returned it.
+    pub text: String,
+}
+
+/// How one completion token fares under the validator's model (see [`LlmScoreParams`]).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TokenScore {
+    /// The token scored.
+    pub id: u32,
+    /// Its log-probability under the model itself (temperature 1, nothing cut), floored at
+    /// [`TokenScore::LOGPROB_FLOOR`].
+    pub logprob: f32,
+    /// Its rank by logit, 0 for the most likely token.
+    pub rank: u32,
+    /// Whether the request's sampling (temperature, top-k, top-p; for greedy decoding, a
+    /// near-tie with the best) could have drawn it.
+    pub in_support: bool,
+    /// Its log-probability under the request's sampling distribution `q` (floored like
+    /// `logprob`; the floor when not in support).
+    pub sample_logprob: f32,
+    /// `E_q[log q]` at this position: what an honest draw scores on average.
+    pub expected_logprob: f32,
+    /// `Var_q[log q]` at this position.
+    pub logprob_variance: f32,
+    /// The token the request's seeded sampler draws here on the validator, given the same
+    /// preceding tokens.
+    pub seeded: u32,
+}
+
+impl TokenScore {
+    /// The lowest log-probability reported (JSON has no infinities).
+    pub const LOGPROB_FLOOR: f32 = -1000.0;
+}
+
 /// Token counts of an LLM job, as the OpenAI API reports them.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -175,6 +225,10 @@ pub enum JobOutput {
         usage: LlmUsage,
         /// `stop` (a stop string or end of sequence) or `length` (hit max_tokens).
         finish_reason: String,
+        /// The generated token ids, end-of-sequence token included; reviewers score them.
+        /// Empty from agents that predate it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        token_ids: Vec<u32>,
     },
     /// An image. The PNG travels inline (`png_b64`) or was uploaded by the agent to the
     /// presigned URL it got with the job (then `png_b64` is absent).
@@ -186,6 +240,15 @@ pub enum JobOutput {
         sha256: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         png_b64: Option<String>,
+    },
+    /// A validator's scores of a completion ([`JobParams::LlmScore`]).
+    TokenScores {
+        /// One per scored token, in order.
+        scores: Vec<TokenScore>,
+        /// Tokens of the request's prompt, as the validator's chat template made them.
+        prompt_tokens: u32,
+        /// Whether the ids decode (stop strings applied) to exactly the text returned.
+        text_matches: bool,
     },
     /// Raw bytes from the synthetic engine.
     Bytes {

@@ -28,8 +28,8 @@ mod message;
 
 pub use close::CloseCode;
 pub use job::{
-    ChatMessage, ImageParams, JobOutput, JobParams, LlmParams, LlmUsage, Metrics, ModelKind,
-    SyntheticParams,
+    ChatMessage, ImageParams, JobOutput, JobParams, LlmParams, LlmScoreParams, LlmUsage, Metrics,
+    ModelKind, SyntheticParams, TokenScore,
 };
 pub use message::{
     AgentMessage, CoordinatorMessage, DeviceKind, GpuInfo, GpuStats, Hello, JobAssignment,

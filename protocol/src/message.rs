@@ -32,10 +32,13 @@ pub enum AgentMessage {
         #[serde(default)]
         gpus: Vec<GpuStats>,
     },
-    /// Answer to a [`CoordinatorMessage::Challenge`].
+    /// Answer to a [`CoordinatorMessage::Challenge`]: the lowercase hex SHA-256 of the bytes
+    /// asked for, or why the agent cannot hash them (then `sha256` is empty).
     Proof {
         id: u64,
         sha256: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
 }
 

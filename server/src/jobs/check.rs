@@ -40,13 +40,38 @@ pub(crate) fn output(
                 text,
                 usage,
                 finish_reason,
+                token_ids,
             },
         ) => {
             let limits = match model.map(|m| &m.limits) {
                 Some(Limits::Llm(limits)) => Some(limits),
                 _ => None,
             };
+            if !token_ids.is_empty() && token_ids.len() != usage.completion_tokens as usize {
+                return Err(format!(
+                    "usage.completion_tokens is {} but {} token ids were returned",
+                    usage.completion_tokens,
+                    token_ids.len()
+                ));
+            }
             text_output(p, limits, text, *usage, finish_reason)
+        }
+        (JobParams::LlmScore(p), JobOutput::TokenScores { scores, .. }) => {
+            if scores.len() != p.token_ids.len() {
+                return Err(format!(
+                    "{} token scores returned for {} tokens",
+                    scores.len(),
+                    p.token_ids.len()
+                ));
+            }
+            match scores
+                .iter()
+                .zip(&p.token_ids)
+                .position(|(s, id)| s.id != *id)
+            {
+                Some(i) => Err(format!("token score {i} is for another token than asked")),
+                None => Ok(()),
+            }
         }
         (JobParams::Image(p), JobOutput::Image { width, height, .. }) => {
             if (*width, *height) != (p.width, p.height) {
@@ -185,6 +210,7 @@ mod tests {
                 completion_tokens,
             },
             finish_reason: finish_reason.into(),
+            token_ids: Vec::new(),
         }
     }
 
@@ -218,6 +244,7 @@ mod tests {
             text: "hi".into(),
             usage: Default::default(),
             finish_reason: "stop".into(),
+            token_ids: Vec::new(),
         };
         assert!(
             output(None, &synthetic(2), &text)

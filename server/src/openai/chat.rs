@@ -295,6 +295,7 @@ impl ChatJob {
                     text,
                     usage,
                     finish_reason,
+                    ..
                 }),
             ) => {
                 return Ending::Completed {

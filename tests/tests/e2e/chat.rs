@@ -76,6 +76,7 @@ async fn finish(agent: &mut RawAgent, job: &JobAssignment, text: &str, usage: (u
                 completion_tokens: usage.1,
             },
             finish_reason: "stop".to_owned(),
+            token_ids: Vec::new(),
         },
         metrics: Metrics::default(),
     });

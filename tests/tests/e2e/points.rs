@@ -119,8 +119,10 @@ fn output_for(params: &JobParams) -> JobOutput {
                 completion_tokens: 300,
             },
             finish_reason: "stop".to_owned(),
+            token_ids: Vec::new(),
         },
         JobParams::Synthetic(_) => infermine_tests::raw::synthetic_output(params),
+        JobParams::LlmScore(_) => unreachable!("consumers never submit scoring jobs"),
     }
 }
 

@@ -208,6 +208,7 @@ impl Engine for LlmEngine {
             text: completion.text,
             usage: completion.usage,
             finish_reason: completion.finish_reason.to_owned(),
+            token_ids: completion.ids,
         })
     }
 }
