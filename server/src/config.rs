@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::RateLimitConfig;
 use crate::points::PointsConfig;
+use crate::review::config::ReviewConfig;
 use crate::storage::StorageConfig;
 
 /// Every setting of the coordinator. Field docs are the reference for the TOML file, whose keys
@@ -66,6 +67,8 @@ pub struct Config {
     /// Rate limits on the public routes (`[rate_limits]`; `INFERMINE_RATE_LIMITS_ENABLED`
     /// turns them off, for load tests on loopback).
     pub rate_limits: RateLimitConfig,
+    /// Anti-cheat review (`[review]`: sampling, thresholds, the slashing policy).
+    pub review: ReviewConfig,
 }
 
 /// How log lines are written.
@@ -99,6 +102,7 @@ impl Default for Config {
             points: PointsConfig::default(),
             storage: StorageConfig::default(),
             rate_limits: RateLimitConfig::default(),
+            review: ReviewConfig::default(),
         }
     }
 }
@@ -220,6 +224,7 @@ impl Config {
         self.points.validate().map_err(ConfigError::Invalid)?;
         self.storage.validate().map_err(ConfigError::Invalid)?;
         self.rate_limits.validate().map_err(ConfigError::Invalid)?;
+        self.review.validate().map_err(ConfigError::Invalid)?;
         if let Some(url) = &self.database_url
             && !(url.starts_with("sqlite:")
                 || url.starts_with("postgres://")

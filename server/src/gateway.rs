@@ -211,6 +211,12 @@ where
             ));
         }
     }
+    let validators = miners::validators_among(&state.db, &ids)
+        .await
+        .map_err(unavailable)?;
+    for slot in &mut slots {
+        slot.validator = validators.contains(&slot.miner_id);
+    }
     let served: Vec<(String, Vec<String>)> = slots
         .iter()
         .map(|s| {
@@ -274,6 +280,7 @@ fn plan_slots(
             gpu_index: gpu.index,
             miner_id: identity.miner_id(gpu.index),
             models,
+            validator: false,
         });
     }
     Ok(slots)

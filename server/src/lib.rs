@@ -303,6 +303,10 @@ pub async fn run(
         db.clone(),
         Arc::clone(&state.limiters),
     ));
+    let reviewer = config
+        .review
+        .enabled
+        .then(|| review::worker::spawn(state.clone()));
     tracing::info!(listen = %listener.local_addr()?, database = db.dialect(), "coordinator ready");
 
     let drain_timeout = Duration::from_secs(config.drain_timeout_s);
@@ -333,6 +337,9 @@ pub async fn run(
     .await
     .context("server error")?;
     sweeper.abort();
+    if let Some(reviewer) = reviewer {
+        reviewer.abort();
+    }
     drop(dispatcher);
     drop(jobs);
     dispatch_task.abort();

@@ -27,6 +27,7 @@ enum Miners {
     Models,
     SuspendedMs,
     SuspendedReason,
+    ValidatorSinceMs,
 }
 
 /// Records (or refreshes) every device of a rig that just connected.
@@ -187,6 +188,78 @@ pub async fn suspended(db: &Db, miner_ids: &[String]) -> Result<Vec<(String, Str
         .into_iter()
         .map(|(id, reason)| (id, reason.unwrap_or_default()))
         .collect())
+}
+
+/// Suspends a GPU and closes its session if connected. `None` when there is no such miner;
+/// otherwise whether a session was closed.
+pub async fn suspend(
+    db: &Db,
+    online: &Online,
+    miner_id: &str,
+    reason: &str,
+) -> Result<Option<bool>, DbError> {
+    if !set_suspended(db, miner_id, Some(reason)).await? {
+        return Ok(None);
+    }
+    Ok(Some(match online.session_of(miner_id) {
+        Some((_, sender)) => sender
+            .send(Outbound::Close(
+                infermine_protocol::CloseCode::Suspended,
+                format!("suspended: {reason}"),
+            ))
+            .await
+            .is_ok(),
+        None => false,
+    }))
+}
+
+/// Makes a miner a trusted validator (`true`) or an ordinary miner again. False if there is
+/// no such miner. A connected GPU takes the change at its next connection.
+pub async fn set_validator(db: &Db, miner_id: &str, validator: bool) -> Result<bool, DbError> {
+    let since = validator.then(now_ms);
+    let update = Query::update()
+        .table(Miners::Table)
+        .value(Miners::ValidatorSinceMs, since)
+        .and_where(Expr::col(Miners::MinerId).eq(miner_id))
+        .to_owned();
+    Ok(db.execute(&update).await? == 1)
+}
+
+/// Of `miner_ids`, the validators.
+pub async fn validators_among(db: &Db, miner_ids: &[String]) -> Result<Vec<String>, DbError> {
+    if miner_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let select = Query::select()
+        .column(Miners::MinerId)
+        .from(Miners::Table)
+        .and_where(Expr::col(Miners::MinerId).is_in(miner_ids.iter().map(String::as_str)))
+        .and_where(Expr::col(Miners::ValidatorSinceMs).is_not_null())
+        .to_owned();
+    let rows: Vec<(String,)> = db.fetch_all(&select).await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Every validator, with its GPU's name and since when, oldest first.
+pub async fn validators(db: &Db) -> Result<Vec<(String, String, i64)>, DbError> {
+    let select = Query::select()
+        .columns([Miners::MinerId, Miners::GpuName, Miners::ValidatorSinceMs])
+        .from(Miners::Table)
+        .and_where(Expr::col(Miners::ValidatorSinceMs).is_not_null())
+        .order_by(Miners::ValidatorSinceMs, sea_query::Order::Asc)
+        .to_owned();
+    db.fetch_all(&select).await
+}
+
+/// The GPU name a miner claimed at its last connection.
+pub async fn gpu_name(db: &Db, miner_id: &str) -> Result<Option<String>, DbError> {
+    let select = Query::select()
+        .column(Miners::GpuName)
+        .from(Miners::Table)
+        .and_where(Expr::col(Miners::MinerId).eq(miner_id))
+        .to_owned();
+    let row: Option<(String,)> = db.fetch_optional(&select).await?;
+    Ok(row.map(|(name,)| name))
 }
 
 /// How to reach a connected miner's session.

@@ -147,3 +147,15 @@ impl RawAgent {
         }
     }
 }
+
+/// Bytes that pass for a PNG of `width`×`height` where only the header is read (the
+/// coordinator checks the declared size when a result arrives): the PNG signature and an
+/// IHDR chunk, then `tail`. Not decodable.
+pub fn png_header(width: u32, height: u32, tail: &[u8]) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+    png.extend(width.to_be_bytes());
+    png.extend(height.to_be_bytes());
+    png.extend([8, 2, 0, 0, 0, 0, 0, 0, 0]);
+    png.extend(tail);
+    png
+}

@@ -33,6 +33,8 @@ pub struct SlotSpec {
     pub gpu_index: u32,
     pub miner_id: String,
     pub models: Vec<(String, u32)>,
+    /// An admin marked this GPU as a trusted validator: it also runs review re-executions.
+    pub validator: bool,
 }
 
 /// A job waiting for a slot.
@@ -44,6 +46,16 @@ pub struct QueuedJob {
     pub lease: Duration,
     /// When the job was submitted (ms since the epoch); carried for the job's views.
     pub created_ms: i64,
+    /// Only validator slots may run it (a review re-execution).
+    pub validators_only: bool,
+}
+
+/// Jobs wait, and idle slots are filed, per model and lane: validator slots serve both lanes
+/// of their models, other slots only the open lane.
+type Lane = (String, bool);
+
+fn lane_of(job: &QueuedJob) -> Lane {
+    (job.model.clone(), job.validators_only)
 }
 
 /// A job paired with a slot, for the sink to persist and send.
@@ -116,6 +128,7 @@ enum Command {
     Snapshot(oneshot::Sender<Snapshot>),
     Serving {
         model: String,
+        validators_only: bool,
         reply: oneshot::Sender<usize>,
     },
 }
@@ -194,9 +207,19 @@ impl Dispatcher {
     /// How many connected slots may run `model` (busy or not): zero tells a waiting consumer
     /// that no agent serves the model, rather than that all of them are busy.
     pub async fn serving(&self, model: &str) -> usize {
+        self.count_serving(model, false).await
+    }
+
+    /// How many connected validator slots may run `model`.
+    pub async fn validators_serving(&self, model: &str) -> usize {
+        self.count_serving(model, true).await
+    }
+
+    async fn count_serving(&self, model: &str, validators_only: bool) -> usize {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Serving {
             model: model.to_owned(),
+            validators_only,
             reply,
         });
         rx.await.unwrap_or_default()
@@ -219,8 +242,25 @@ type SlotKey = (SessionId, u32);
 struct Slot {
     miner_id: String,
     models: Vec<(String, u32)>,
+    validator: bool,
     running: u32,
     latency_ms: u64,
+}
+
+impl Slot {
+    /// The lanes this slot takes jobs from, with its concurrency for each.
+    fn lanes(&self) -> impl Iterator<Item = (Lane, u32)> + '_ {
+        let lanes: &[bool] = if self.validator {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        self.models.iter().flat_map(move |(model, concurrency)| {
+            lanes
+                .iter()
+                .map(move |&validators_only| ((model.clone(), validators_only), *concurrency))
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -241,10 +281,10 @@ struct State<S> {
     draining: bool,
     agents: HashMap<SessionId, Agent>,
     slots: HashMap<SlotKey, Slot>,
-    /// Per model, the slots with room for one more job of it, fastest first.
-    idle: HashMap<String, BTreeSet<(u64, SlotKey)>>,
-    /// Per model, jobs waiting, oldest first; `u64` is the arrival order across models.
-    queues: HashMap<String, VecDeque<(u64, QueuedJob)>>,
+    /// Per lane, the slots with room for one more job of it, fastest first.
+    idle: HashMap<Lane, BTreeSet<(u64, SlotKey)>>,
+    /// Per lane, jobs waiting, oldest first; `u64` is the arrival order across lanes.
+    queues: HashMap<Lane, VecDeque<(u64, QueuedJob)>>,
     /// Every job in `queues`, so a job offered twice is queued once.
     queued_ids: HashSet<JobId>,
     arrivals: u64,
@@ -316,10 +356,15 @@ impl<S: AssignSink> State<S> {
                     leased: self.leases.len(),
                 });
             }
-            Command::Serving { model, reply } => {
+            Command::Serving {
+                model,
+                validators_only,
+                reply,
+            } => {
                 let slots = self
                     .slots
                     .values()
+                    .filter(|slot| slot.validator || !validators_only)
                     .filter(|slot| slot.models.iter().any(|(m, _)| *m == model))
                     .count();
                 let _ = reply.send(slots);
@@ -331,8 +376,9 @@ impl<S: AssignSink> State<S> {
         if self.leases.contains_key(&job.id) || self.queued_ids.contains(&job.id) {
             return;
         }
+        let lane = lane_of(&job);
         if !self.draining
-            && let Some(&(_, key)) = self.idle.get(&job.model).and_then(|set| set.first())
+            && let Some(&(_, key)) = self.idle.get(&lane).and_then(|set| set.first())
         {
             self.start(job, key);
             return;
@@ -340,7 +386,7 @@ impl<S: AssignSink> State<S> {
         self.arrivals += 1;
         self.queued_ids.insert(job.id);
         self.queues
-            .entry(job.model.clone())
+            .entry(lane)
             .or_default()
             .push_back((self.arrivals, job));
     }
@@ -358,6 +404,7 @@ impl<S: AssignSink> State<S> {
             let slot = Slot {
                 miner_id: spec.miner_id,
                 models: spec.models,
+                validator: spec.validator,
                 running: 0,
                 latency_ms: 0,
             };
@@ -490,18 +537,15 @@ impl<S: AssignSink> State<S> {
                 return;
             };
             let oldest = slot
-                .models
-                .iter()
+                .lanes()
                 .filter(|(_, concurrency)| slot.running < *concurrency)
-                .filter_map(|(model, _)| {
-                    self.queues
-                        .get(model)?
-                        .front()
-                        .map(|(arrival, _)| (*arrival, model.clone()))
+                .filter_map(|(lane, _)| {
+                    let arrival = self.queues.get(&lane)?.front()?.0;
+                    Some((arrival, lane))
                 })
                 .min();
-            let Some((_, model)) = oldest else { break };
-            let Some((_, job)) = self.queues.get_mut(&model).and_then(VecDeque::pop_front) else {
+            let Some((_, lane)) = oldest else { break };
+            let Some((_, job)) = self.queues.get_mut(&lane).and_then(VecDeque::pop_front) else {
                 break;
             };
             self.queued_ids.remove(&job.id);
@@ -520,13 +564,13 @@ impl<S: AssignSink> State<S> {
         let Some(slot) = self.slots.get(&key) else {
             return;
         };
-        for (model, concurrency) in &slot.models {
-            let entry = (slot.latency_ms, key);
+        let entry = (slot.latency_ms, key);
+        for (lane, concurrency) in slot.lanes() {
             if insert {
-                if slot.running < *concurrency && !self.draining {
-                    self.idle.entry(model.clone()).or_default().insert(entry);
+                if slot.running < concurrency && !self.draining {
+                    self.idle.entry(lane).or_default().insert(entry);
                 }
-            } else if let Some(set) = self.idle.get_mut(model) {
+            } else if let Some(set) = self.idle.get_mut(&lane) {
                 set.remove(&entry);
             }
         }

@@ -44,6 +44,7 @@ fn job(model: &str, lease_ms: u64) -> QueuedJob {
         })),
         lease: Duration::from_millis(lease_ms),
         created_ms: 0,
+        validators_only: false,
     }
 }
 
@@ -52,6 +53,15 @@ fn agent(
     models: &[&str],
     gpus: u32,
 ) -> (SessionId, mpsc::Receiver<Outbound>) {
+    join(dispatcher, models, gpus, false)
+}
+
+fn join(
+    dispatcher: &Dispatcher,
+    models: &[&str],
+    gpus: u32,
+    validator: bool,
+) -> (SessionId, mpsc::Receiver<Outbound>) {
     let session = Uuid::now_v7();
     let (tx, rx) = mpsc::channel(16);
     let slots = (0..gpus)
@@ -59,6 +69,7 @@ fn agent(
             gpu_index,
             miner_id: format!("m-gpu{gpu_index}"),
             models: models.iter().map(|m| ((*m).to_owned(), 1)).collect(),
+            validator,
         })
         .collect();
     dispatcher.agent_joined(session, tx, slots);
@@ -217,4 +228,43 @@ async fn serving_counts_the_slots_that_may_run_a_model_busy_or_not() {
     assert_eq!(dispatcher.serving("b").await, 3);
     dispatcher.agent_left(session);
     assert_eq!(dispatcher.serving("a").await, 0);
+}
+
+#[tokio::test]
+async fn review_jobs_go_only_to_validators_which_also_take_open_work() {
+    let (dispatcher, mut decisions) = start();
+    let review = QueuedJob {
+        validators_only: true,
+        ..job("a", 60_000)
+    };
+    dispatcher.enqueue(review.clone());
+    let (_miner, _rx) = agent(&dispatcher, &["a"], 1);
+    let open = job("a", 60_000);
+    dispatcher.enqueue(open.clone());
+    let Decision::Assign(id, _, _) = next(&mut decisions).await else {
+        panic!("not assigned")
+    };
+    assert_eq!(id, open.id, "an ordinary slot skips the review job");
+    assert_eq!(dispatcher.snapshot().await.queued, 1);
+    assert_eq!(dispatcher.validators_serving("a").await, 0);
+    assert_eq!(dispatcher.serving("a").await, 1);
+
+    let (validator, _vrx) = join(&dispatcher, &["a"], 1, true);
+    let Decision::Assign(id, session, _) = next(&mut decisions).await else {
+        panic!("not assigned")
+    };
+    assert_eq!((id, session), (review.id, validator));
+    assert_eq!(dispatcher.validators_serving("a").await, 1);
+
+    dispatcher.finished(review.id, validator, None);
+    let later = job("a", 60_000);
+    dispatcher.enqueue(later.clone());
+    let Decision::Assign(id, session, _) = next(&mut decisions).await else {
+        panic!("not assigned")
+    };
+    assert_eq!(
+        (id, session),
+        (later.id, validator),
+        "the idle validator takes open work"
+    );
 }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::Jobs;
 use super::live::{Follow, Outcome};
-use super::store::{self, JobRow, NewJob, Status};
+use super::store::{self, JobRow, NewJob, Purpose, Status};
 use crate::AppState;
 use crate::db::now_ms;
 use crate::dispatch::QueuedJob;
@@ -308,8 +308,10 @@ impl Jobs {
             model: model.to_owned(),
             kind: spec.kind.as_str(),
             params: stored,
-            api_key_id: api_key,
+            api_key_id: Some(api_key),
             created_ms,
+            purpose: Purpose::Consumer,
+            review_of: None,
         };
         self.writer.insert(new).await?;
         let follow = self.live.add_followed(id, api_key, stream);
@@ -320,6 +322,7 @@ impl Jobs {
             params: Arc::new(params),
             lease,
             created_ms,
+            validators_only: false,
         });
         let view = JobView {
             id,

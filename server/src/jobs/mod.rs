@@ -31,7 +31,8 @@ use infermine_protocol::{
 use live::Live;
 pub(crate) use live::{Follow, Outcome, Token};
 use objects::{JobRecord, ObjectError};
-use store::{AttemptEnd, Completion, NewLease, QueueRow, Status};
+pub use store::Purpose;
+use store::{AttemptEnd, Completion, NewJob, NewLease, QueueRow, Status};
 use tokio::time::Instant;
 use writer::Writer;
 
@@ -59,6 +60,8 @@ struct Inflight {
     created_ms: i64,
     assigned_ms: i64,
     assigned_at: Instant,
+    /// Review work on a validator: it earns no points.
+    review_work: bool,
     /// A result is being recorded: later reports for the job (duplicates sent while the
     /// first is stored) are refused rather than raced.
     completing: bool,
@@ -169,6 +172,7 @@ impl Jobs {
                 let lease = self.lease_for(&row.model, &params);
                 self.dispatcher.enqueue(QueuedJob {
                     id: row.id,
+                    validators_only: row.validators_only(),
                     model: row.model,
                     params: Arc::new(params),
                     lease,
@@ -180,6 +184,47 @@ impl Jobs {
                 tracing::error!(job = %row.id, error = %e, "stored params do not parse; job left queued")
             }
         }
+    }
+
+    /// Persists and queues a job of the reviewer's: a probe (any agent runs it, like a
+    /// consumer's) or a validation re-execution of `review_of` (only validators run it). The
+    /// params must already be valid for the model. Nobody waits on it: the reviewer reads
+    /// its outcome from the database.
+    pub async fn submit_review_job(
+        &self,
+        model: &str,
+        params: JobParams,
+        purpose: Purpose,
+        review_of: Option<JobId>,
+    ) -> Result<JobId, DbError> {
+        let kind = params.kind();
+        let id = JobId::now_v7();
+        let created_ms = now_ms();
+        let stored = serde_json::to_string(&params)
+            .map_err(|e| DbError::Shared(format!("cannot encode the params: {e}")))?;
+        self.writer
+            .insert(NewJob {
+                id,
+                model: model.to_owned(),
+                kind: kind.as_str(),
+                params: stored,
+                api_key_id: None,
+                created_ms,
+                purpose,
+                review_of,
+            })
+            .await?;
+        self.live.add(id, None);
+        let lease = self.lease_for(model, &params);
+        self.dispatcher.enqueue(QueuedJob {
+            id,
+            model: model.to_owned(),
+            params: Arc::new(params),
+            lease,
+            created_ms,
+            validators_only: purpose == Purpose::Validation,
+        });
+        Ok(id)
     }
 
     /// An agent returned a result. Checks it, stores it, completes the job, frees the slot.
@@ -198,23 +243,33 @@ impl Jobs {
 
     async fn record_result(&self, session: SessionId, result: JobResult) -> Result<(), Refusal> {
         let job = result.job;
-        let (params, model, miner_id, wallet, latency, attempt, created_ms, assigned_ms) =
-            match self.inflight().get_mut(&job) {
-                Some(f) if f.session == session && !f.completing => {
-                    f.completing = true;
-                    (
-                        Arc::clone(&f.params),
-                        f.model.clone(),
-                        f.miner_id.clone(),
-                        f.wallet.clone(),
-                        f.assigned_at.elapsed(),
-                        f.attempt,
-                        f.created_ms,
-                        f.assigned_ms,
-                    )
-                }
-                _ => return Err(Refusal::NotLeased(job)),
-            };
+        let (
+            params,
+            model,
+            miner_id,
+            wallet,
+            latency,
+            attempt,
+            created_ms,
+            assigned_ms,
+            review_work,
+        ) = match self.inflight().get_mut(&job) {
+            Some(f) if f.session == session && !f.completing => {
+                f.completing = true;
+                (
+                    Arc::clone(&f.params),
+                    f.model.clone(),
+                    f.miner_id.clone(),
+                    f.wallet.clone(),
+                    f.assigned_at.elapsed(),
+                    f.attempt,
+                    f.created_ms,
+                    f.assigned_ms,
+                    f.review_work,
+                )
+            }
+            _ => return Err(Refusal::NotLeased(job)),
+        };
         if let Err(problem) = check::output(self.registry.get(&model), &params, &result.output) {
             tracing::warn!(%job, %session, %problem, "agent returned an invalid output");
             return self
@@ -249,8 +304,10 @@ impl Jobs {
             }
             Err(ObjectError::Storage(e)) => return Err(Refusal::Storage(e)),
         };
-        let credit = self
-            .credit_for(
+        let credit = if review_work {
+            None
+        } else {
+            self.credit_for(
                 job,
                 &model,
                 &miner_id,
@@ -259,7 +316,8 @@ impl Jobs {
                 &result.output,
                 latency,
             )
-            .await?;
+            .await?
+        };
         let completion = Completion {
             id: job,
             session,
@@ -430,6 +488,7 @@ impl Jobs {
                 created_ms: job.created_ms,
                 assigned_ms,
                 assigned_at: Instant::now(),
+                review_work: job.validators_only,
                 completing: false,
             },
         );
@@ -590,8 +649,10 @@ mod tests {
             model: "synthetic-echo".to_owned(),
             kind: "synthetic",
             params: serde_json::to_string(&params).expect("json"),
-            api_key_id: uuid::Uuid::now_v7(),
+            api_key_id: Some(uuid::Uuid::now_v7()),
             created_ms: now_ms() - 60_000,
+            purpose: store::Purpose::Consumer,
+            review_of: None,
         };
         store::insert_many(&db, std::slice::from_ref(&forgotten))
             .await

@@ -111,10 +111,11 @@ async fn put_json(
 
 async fn store_output(storage: &Storage, record: &JobRecord<'_>) -> Result<JobObject, ObjectError> {
     let JobOutput::Image {
+        width,
+        height,
         size_bytes,
         sha256,
         png_b64,
-        ..
     } = record.output
     else {
         return put_json(storage, record, "output.json", record.output).await;
@@ -145,6 +146,19 @@ async fn store_output(storage: &Storage, record: &JobRecord<'_>) -> Result<JobOb
             "the PNG's SHA-256 does not match the result's".to_owned(),
         ));
     }
+    match png_size(&png) {
+        Some(size) if size == (*width, *height) => {}
+        Some((w, h)) => {
+            return Err(ObjectError::Invalid(format!(
+                "the PNG is {w}x{h}, the result says {width}x{height}"
+            )));
+        }
+        None => {
+            return Err(ObjectError::Invalid(
+                "the image is not a PNG (no PNG signature and IHDR header)".to_owned(),
+            ));
+        }
+    }
     let stored = if png_b64.is_some() {
         storage.put(&key, Bytes::from(png), "image/png").await?
     } else {
@@ -159,4 +173,17 @@ async fn store_output(storage: &Storage, record: &JobRecord<'_>) -> Result<JobOb
         name: "output.png",
         stored,
     })
+}
+
+/// The width and height a PNG's header declares, or `None` when the bytes do not start with
+/// a PNG signature and an IHDR chunk. Reads 24 bytes; decoding is the reviewer's business.
+pub fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    let header = bytes
+        .get(..24)
+        .filter(|h| h.starts_with(SIGNATURE) && &h[12..16] == b"IHDR")?;
+    let word = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    Some((word(16), word(20)))
 }

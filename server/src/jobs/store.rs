@@ -32,6 +32,41 @@ pub(crate) enum Jobs {
     AssignedMs,
     FinishedMs,
     UpdatedMs,
+    Purpose,
+    ReviewOf,
+}
+
+/// Why a job exists, as stored in `jobs.purpose`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// A consumer asked for it.
+    Consumer,
+    /// The reviewer mixed it into traffic to test whoever runs it; it looks and pays like a
+    /// consumer's job.
+    Probe,
+    /// The reviewer re-executes another job on a validator; only validators run it, and it
+    /// earns nothing.
+    Validation,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Consumer => "consumer",
+            Self::Probe => "probe",
+            Self::Validation => "validation",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "consumer" => Self::Consumer,
+            "probe" => Self::Probe,
+            "validation" => Self::Validation,
+            _ => return None,
+        })
+    }
 }
 
 /// A job's lifecycle states, as stored.
@@ -98,17 +133,29 @@ pub struct QueueRow {
     pub params: String,
     pub created_ms: i64,
     pub api_key_id: Option<Uuid>,
+    pub purpose: String,
 }
 
-/// A new job, as the consumer API persists it.
+impl QueueRow {
+    /// Whether only validators may run it.
+    pub fn validators_only(&self) -> bool {
+        Purpose::parse(&self.purpose) == Some(Purpose::Validation)
+    }
+}
+
+/// A new job, as the consumer API (or the reviewer) persists it.
 #[derive(Debug)]
 pub struct NewJob {
     pub id: Uuid,
     pub model: String,
     pub kind: &'static str,
     pub params: String,
-    pub api_key_id: Uuid,
+    /// The consumer's key; none for the reviewer's jobs.
+    pub api_key_id: Option<Uuid>,
     pub created_ms: i64,
+    pub purpose: Purpose,
+    /// For a validation job, the job it re-executes.
+    pub review_of: Option<Uuid>,
 }
 
 /// A lease the dispatcher handed out.
@@ -146,12 +193,13 @@ pub enum AttemptEnd {
 }
 
 /// The columns of a [`QueueRow`].
-const QUEUE_COLUMNS: [Jobs; 5] = [
+const QUEUE_COLUMNS: [Jobs; 6] = [
     Jobs::Id,
     Jobs::Model,
     Jobs::Params,
     Jobs::CreatedMs,
     Jobs::ApiKeyId,
+    Jobs::Purpose,
 ];
 
 const JOB_COLUMNS: [Jobs; 12] = [
@@ -181,6 +229,8 @@ pub async fn insert_many(db: &Db, jobs: &[NewJob]) -> Result<(), DbError> {
         Jobs::ApiKeyId,
         Jobs::CreatedMs,
         Jobs::UpdatedMs,
+        Jobs::Purpose,
+        Jobs::ReviewOf,
     ]);
     for job in jobs {
         insert.values_panic([
@@ -192,6 +242,8 @@ pub async fn insert_many(db: &Db, jobs: &[NewJob]) -> Result<(), DbError> {
             job.api_key_id.into(),
             job.created_ms.into(),
             job.created_ms.into(),
+            job.purpose.as_str().into(),
+            job.review_of.into(),
         ]);
     }
     db.execute(&insert).await?;

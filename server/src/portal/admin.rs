@@ -174,20 +174,11 @@ pub(super) async fn suspend(
     reason: &str,
     admin: &str,
 ) -> Result<bool, ApiError> {
-    if !miners::set_suspended(&state.db, miner_id, Some(reason)).await? {
-        return Err(no_miner(miner_id));
-    }
+    let closed = miners::suspend(&state.db, &state.online, miner_id, reason)
+        .await?
+        .ok_or_else(|| no_miner(miner_id))?;
     tracing::warn!(%miner_id, %admin, reason, "miner suspended");
-    Ok(match state.online.session_of(miner_id) {
-        Some((_, sender)) => sender
-            .send(crate::dispatch::Outbound::Close(
-                infermine_protocol::CloseCode::Suspended,
-                format!("suspended: {reason}"),
-            ))
-            .await
-            .is_ok(),
-        None => false,
-    })
+    Ok(closed)
 }
 
 /// Lets a suspended GPU connect and work again (admin).
@@ -228,4 +219,5 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin_suspend))
         .routes(routes!(admin_unsuspend))
         .merge(super::cases::routes())
+        .merge(super::review::routes())
 }

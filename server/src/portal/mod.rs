@@ -7,6 +7,7 @@
 
 mod admin;
 mod cases;
+mod review;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};

@@ -177,6 +177,19 @@ pub async fn get(db: &Db, id: CaseId) -> Result<Option<CaseRow>, DbError> {
     db.fetch_optional(&select_case(id)).await
 }
 
+/// Cases of a GPU opened since `since_ms` and not dismissed: what the policy counts.
+pub async fn recent_count(db: &Db, miner_id: &str, since_ms: i64) -> Result<i64, DbError> {
+    let select = Query::select()
+        .expr(Expr::col(ReviewCases::Id).count())
+        .from(ReviewCases::Table)
+        .and_where(Expr::col(ReviewCases::MinerId).eq(miner_id))
+        .and_where(Expr::col(ReviewCases::CreatedMs).gte(since_ms))
+        .and_where(Expr::col(ReviewCases::Status).ne(Status::Dismissed.as_str()))
+        .to_owned();
+    let row: Option<(i64,)> = db.fetch_optional(&select).await?;
+    Ok(row.map_or(0, |(n,)| n))
+}
+
 /// What to list.
 #[derive(Debug, Clone, Default)]
 pub struct CaseFilter {

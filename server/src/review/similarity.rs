@@ -26,6 +26,8 @@ use std::io::Cursor;
 
 use metrics::Plane;
 
+use crate::jobs::objects::png_size;
+
 /// Side of the square both images are resampled to before they are measured. Detail finer
 /// than this is not compared: a half-size render scaled up is only caught for images up to
 /// twice this size by its blur, and above that because a diffusion model given another size
@@ -111,8 +113,9 @@ pub struct Similarity {
     pub sizes: Sizes,
 }
 
-/// Where an honest re-render ends and a different image begins.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Where an honest re-render ends and a different image begins (`[review.image]`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Thresholds {
     /// The lowest SSIM an honest pair has.
     pub min_ssim: f64,
@@ -284,18 +287,8 @@ fn size_of(plane: &Plane) -> Size {
 /// The size in the PNG signature's IHDR chunk, read before the decoder sees the bytes so a
 /// hostile declaration is refused without allocating for it.
 fn declared_size(bytes: &[u8], image: Image) -> Result<Size, SimilarityError> {
-    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
-    let header = bytes
-        .get(..24)
-        .filter(|h| h.starts_with(SIGNATURE) && &h[12..16] == b"IHDR")
-        .ok_or(SimilarityError::NotPng { image })?;
-    let word = |at: usize| {
-        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    let size = Size {
-        width: word(16),
-        height: word(20),
-    };
+    let (width, height) = png_size(bytes).ok_or(SimilarityError::NotPng { image })?;
+    let size = Size { width, height };
     if size.width == 0 || size.height == 0 {
         return Err(SimilarityError::Empty { image, size });
     }

@@ -68,15 +68,10 @@ fn gpu_hello(token: &str, model: &str, gpus: u32) -> Hello {
     }
 }
 
-/// What the stand-in engine draws for `params`: a PNG signature and IHDR of the requested
-/// size, then the seed, so the bytes depend on the params alone.
+/// What the stand-in engine draws for `params`: a PNG header of the requested size, then the
+/// seed, so the bytes depend on the params alone.
 fn fake_png(p: &ImageParams) -> Vec<u8> {
-    let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
-    png.extend(p.width.to_be_bytes());
-    png.extend(p.height.to_be_bytes());
-    png.extend([8, 2, 0, 0, 0, 0, 0, 0, 0]);
-    png.extend(format!("seed {}", p.seed).bytes());
-    png
+    infermine_tests::raw::png_header(p.width, p.height, format!("seed {}", p.seed).as_bytes())
 }
 
 fn params_of(job: &JobAssignment) -> &ImageParams {

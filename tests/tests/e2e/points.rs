@@ -103,7 +103,7 @@ fn cases() -> Vec<(&'static str, Value, i64)> {
 fn output_for(params: &JobParams) -> JobOutput {
     match params {
         JobParams::Image(p) => {
-            let png = format!("png {}x{}", p.width, p.height).into_bytes();
+            let png = infermine_tests::raw::png_header(p.width, p.height, b"");
             JobOutput::Image {
                 width: p.width,
                 height: p.height,

@@ -140,7 +140,7 @@ async fn image_uploaded_to_a_presigned_url(backend: Backend, store: ObjectStore)
             json!({ "prompt": "a red fox", "width": 1024, "height": 1024, "steps": 20 }),
         )
         .await;
-    let png = b"\x89PNG\r\n\x1a\n pretend this is a 1024x1024 image".to_vec();
+    let png = infermine_tests::raw::png_header(1024, 1024, b"pretend this is a 1024x1024 image");
     let http = reqwest::Client::new();
     let mut last_url = String::new();
 

@@ -1,0 +1,140 @@
+//! `[review]` in the coordinator's config: how often the reviewer audits, where honest results
+//! end and cheats begin, and what happens to a GPU that keeps failing.
+
+use serde::{Deserialize, Serialize};
+
+use super::similarity::Thresholds;
+
+/// `[review]` in the config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReviewConfig {
+    /// Runs the reviewer. Off, completed jobs are not audited (admins can still slash).
+    pub enabled: bool,
+    /// How often the reviewer looks for finished jobs and finished re-executions, in ms.
+    pub interval_ms: u64,
+    /// A GPU's every job is audited until it has this many valid results in a row.
+    pub warm_up: u32,
+    /// After the warm-up a job is audited with probability 1 / (valid results in a row), but
+    /// never less than this.
+    pub audit_floor: f64,
+    /// Probe jobs per consumer job: copies of a recent job with a fresh seed, queued like any
+    /// job (any agent may get one, and it pays like one) and always re-executed on a
+    /// validator. 0 turns probes off.
+    pub probe_rate: f64,
+    /// A re-execution still unfinished after this many seconds leaves its review unverified.
+    pub validation_timeout_s: u64,
+    /// Reported timings may exceed the time the coordinator measured between handing out the
+    /// job and receiving its result by this many milliseconds (clock granularity) …
+    pub latency_slack_ms: u64,
+    /// … plus this share of the measured time.
+    pub latency_slack_share: f64,
+    /// Image re-executions: where an honest re-render ends.
+    pub image: Thresholds,
+    /// LLM re-executions (teacher forcing): where honest sampling ends.
+    pub llm: LlmThresholds,
+    /// What failed checks lead to.
+    pub policy: Policy,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 500,
+            warm_up: 10,
+            audit_floor: 0.05,
+            probe_rate: 0.01,
+            validation_timeout_s: 600,
+            latency_slack_ms: 50,
+            latency_slack_share: 0.02,
+            image: Thresholds::default(),
+            llm: LlmThresholds::default(),
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// Limits on a teacher-forced completion. A completion fails when any limit is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmThresholds {
+    /// The least share of tokens the validator's seeded sampler also draws. Honest agents
+    /// replay the same draws on near-identical probabilities, so nearly all agree.
+    pub min_seeded_share: f64,
+    /// The least share of tokens the request's sampling could have drawn at all.
+    pub min_support_share: f64,
+}
+
+impl Default for LlmThresholds {
+    fn default() -> Self {
+        Self {
+            min_seeded_share: 0.6,
+            min_support_share: 0.8,
+        }
+    }
+}
+
+/// What the reviewer does with failed checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// Slash and suspend without an admin once a GPU has this many failed checks within
+    /// `window_s`; 0 leaves every case to an admin.
+    pub auto_slash_failures: u32,
+    pub window_s: u64,
+    /// Share of the wallet's balance (of the case's kind of points) an automatic slash takes.
+    pub slash_fraction: f64,
+    /// Whether an automatic slash also suspends the GPU.
+    pub suspend: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            auto_slash_failures: 2,
+            window_s: 24 * 3600,
+            slash_fraction: 1.0,
+            suspend: true,
+        }
+    }
+}
+
+impl ReviewConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let share = |name: &str, value: f64| {
+            if (0.0..=1.0).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "review.{name} must be between 0 and 1, not {value}"
+                ))
+            }
+        };
+        share("audit_floor", self.audit_floor)?;
+        share("probe_rate", self.probe_rate)?;
+        share("latency_slack_share", self.latency_slack_share)?;
+        share("llm.min_seeded_share", self.llm.min_seeded_share)?;
+        share("llm.min_support_share", self.llm.min_support_share)?;
+        share("image.min_ssim", self.image.min_ssim)?;
+        if self.interval_ms == 0 {
+            return Err("review.interval_ms must be at least 1".to_owned());
+        }
+        if self.validation_timeout_s == 0 {
+            return Err("review.validation_timeout_s must be at least 1".to_owned());
+        }
+        if !(self.policy.slash_fraction > 0.0 && self.policy.slash_fraction <= 1.0) {
+            return Err(format!(
+                "review.policy.slash_fraction must be in (0, 1], not {}",
+                self.policy.slash_fraction
+            ));
+        }
+        if self.policy.auto_slash_failures > 0 && self.policy.window_s == 0 {
+            return Err(
+                "review.policy.window_s must be at least 1 when auto_slash_failures is set"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}

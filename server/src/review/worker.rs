@@ -1,0 +1,587 @@
+//! The reviewer: a background task that looks at every completed consumer and probe job.
+//!
+//! Each tick it
+//! 1. claims the jobs completed since the last tick: runs the cheap checks on every one
+//!    (reported timings against the coordinator's own clock), then decides whether to audit
+//!    it: every job of a GPU still in its warm-up, afterwards about 1 in (valid results in a
+//!    row) with a floor, and every probe. An audited job is re-executed on a validator (same
+//!    model, params and seed; for an LLM, the validator scores the miner's tokens instead of
+//!    sampling its own); now and then it also queues a probe, a copy of a consumer job with
+//!    a fresh seed;
+//! 2. settles the audits whose re-execution finished: images by perceptual similarity, LLM
+//!    completions by teacher forcing, synthetic bytes by equality. A failed check opens a case
+//!    with its evidence, resets the GPU's trust, and the [`Policy`] may slash and suspend.
+//!
+//! Every decision is a conditional write (see [`store`]), so a crash or a second coordinator
+//! never reviews a job twice, and a restart picks up where the tables say.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use infermine_protocol::{JobOutput, JobParams, LlmScoreParams, Metrics};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::cases::{self, Check, NewCase, SlashDecision};
+use super::config::ReviewConfig;
+use super::similarity::{self, Verdict};
+use super::store::{self, NewReview, PendingReview, ReviewStatus, TrustEvent, Unreviewed};
+use super::teacher;
+use crate::AppState;
+use crate::db::{DbError, now_ms};
+use crate::jobs::Purpose;
+use crate::jobs::store::{self as job_store, Status};
+use crate::ledger::SlashAmount;
+use crate::miners;
+use crate::points::PointsKind;
+
+/// Jobs claimed per tick, and pending reviews looked at per tick.
+const BATCH: u64 = 200;
+
+/// A review whose re-execution was never queued (the coordinator stopped in between) is
+/// given one after this long.
+const REQUEUE_AFTER_MS: i64 = 10_000;
+
+/// Starts the reviewer on the coordinator's state; it runs until the task is aborted.
+pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
+    let config = state.config.review.clone();
+    tokio::spawn(async move {
+        let mut reviewer = Reviewer {
+            // Jobs finished before this start are not reviewed twice, and not at all when
+            // older than a day: a reviewer switched on later does not audit history.
+            since_ms: now_ms() - 24 * 3600 * 1000,
+            rng: StdRng::from_os_rng(),
+            state,
+            config,
+        };
+        let mut ticker = tokio::time::interval(Duration::from_millis(reviewer.config.interval_ms));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(e) = reviewer.tick().await {
+                tracing::warn!(error = %e, "review tick failed; will retry");
+            }
+        }
+    })
+}
+
+struct Reviewer {
+    state: AppState,
+    config: ReviewConfig,
+    rng: StdRng,
+    since_ms: i64,
+}
+
+/// A failed check: what it was and the evidence for its case.
+struct Failure {
+    check: Check,
+    evidence: serde_json::Map<String, Value>,
+}
+
+impl Reviewer {
+    async fn tick(&mut self) -> Result<(), DbError> {
+        let validators: HashSet<String> = miners::validators(&self.state.db)
+            .await?
+            .into_iter()
+            .map(|(id, ..)| id)
+            .collect();
+        let batch = store::unreviewed(&self.state.db, self.since_ms, BATCH).await?;
+        for job in batch {
+            self.review_new(job, &validators).await?;
+        }
+        for pending in store::pending(&self.state.db, BATCH).await? {
+            self.settle(pending).await?;
+        }
+        Ok(())
+    }
+
+    /// Cheap checks and the audit decision for a job just completed.
+    async fn review_new(
+        &mut self,
+        job: Unreviewed,
+        validators: &HashSet<String>,
+    ) -> Result<(), DbError> {
+        let db = self.state.db.clone();
+        let (Some(miner_id), Some(wallet)) = (job.miner_id.clone(), job.wallet.clone()) else {
+            return Ok(());
+        };
+        let mut review = NewReview {
+            job_id: job.id,
+            miner_id: &miner_id,
+            wallet: &wallet,
+            model: &job.model,
+            status: ReviewStatus::Skipped,
+            reason: "validator",
+            verdict: None,
+        };
+        if validators.contains(&miner_id) {
+            store::claim(&db, &review).await?;
+            return Ok(());
+        }
+        let (Ok(params), Some(Ok(output))) = (
+            serde_json::from_str::<JobParams>(&job.params),
+            job.output.as_deref().map(serde_json::from_str::<JobOutput>),
+        ) else {
+            tracing::error!(job = %job.id, "a completed job's params or output do not parse; not reviewed");
+            review.reason = "unreadable";
+            review.status = ReviewStatus::Unverified;
+            store::claim(&db, &review).await?;
+            return Ok(());
+        };
+        if let Some(failure) = self.latency_check(&job) {
+            review.status = ReviewStatus::Failed;
+            review.reason = failure.check.as_str();
+            review.verdict = Some(Value::Object(failure.evidence.clone()));
+            if store::claim(&db, &review).await? {
+                store::update_trust(&db, &miner_id, TrustEvent::Failed).await?;
+                self.open_case(&job.id, &miner_id, &wallet, &job.model, failure)
+                    .await?;
+            }
+            return Ok(());
+        }
+        let probe = job.purpose == Purpose::Probe.as_str();
+        let reason = if probe {
+            Some("probe")
+        } else {
+            let trust = store::trust(&db, &miner_id).await?;
+            if trust.consecutive_valid < i64::from(self.config.warm_up) {
+                Some("warm_up")
+            } else {
+                let p = (1.0 / trust.consecutive_valid as f64).max(self.config.audit_floor);
+                self.rng.random_bool(p.clamp(0.0, 1.0)).then_some("sampled")
+            }
+        };
+        match reason {
+            None => {
+                review.reason = "not_sampled";
+                if store::claim(&db, &review).await? {
+                    store::update_trust(&db, &miner_id, TrustEvent::Seen { audited: false })
+                        .await?;
+                }
+            }
+            Some(reason) => {
+                review.reason = reason;
+                if self.state.dispatcher.validators_serving(&job.model).await == 0 {
+                    review.status = ReviewStatus::Unverified;
+                    review.verdict =
+                        Some(json!({"problem": "no validator serving the model was online"}));
+                    store::claim(&db, &review).await?;
+                } else {
+                    review.status = ReviewStatus::Pending;
+                    if store::claim(&db, &review).await? {
+                        store::update_trust(&db, &miner_id, TrustEvent::Seen { audited: true })
+                            .await?;
+                        self.queue_validation(job.id, &job.model, &params, &output)
+                            .await?;
+                    }
+                }
+            }
+        }
+        if !probe && self.rng.random_bool(self.config.probe_rate) {
+            self.queue_probe(&job.model, &params).await?;
+        }
+        Ok(())
+    }
+
+    /// Reported timings longer than the coordinator saw between handing out the job and
+    /// getting its result cannot be true.
+    fn latency_check(&self, job: &Unreviewed) -> Option<Failure> {
+        let (Some(assigned), Some(finished)) = (job.assigned_ms, job.finished_ms) else {
+            return None;
+        };
+        let metrics: Metrics = job
+            .metrics
+            .as_deref()
+            .and_then(|m| serde_json::from_str(m).ok())
+            .unwrap_or_default();
+        let server_ms = (finished - assigned).max(0) as u64;
+        let reported_ms = metrics
+            .queue_ms
+            .saturating_add(metrics.load_ms)
+            .saturating_add(metrics.infer_ms)
+            .saturating_add(metrics.upload_ms);
+        let allowed_ms = server_ms
+            + self.config.latency_slack_ms
+            + (server_ms as f64 * self.config.latency_slack_share) as u64;
+        (reported_ms > allowed_ms).then(|| Failure {
+            check: Check::Latency,
+            evidence: evidence(json!({
+                "problem": format!(
+                    "the agent reported {reported_ms} ms of work, but the coordinator saw the \
+                     result {server_ms} ms after handing out the job"
+                ),
+                "reported_ms": reported_ms,
+                "server_ms": server_ms,
+                "allowed_ms": allowed_ms,
+                "metrics": metrics,
+            })),
+        })
+    }
+
+    /// Queues the re-execution of `job` on a validator.
+    async fn queue_validation(
+        &self,
+        job: Uuid,
+        model: &str,
+        params: &JobParams,
+        output: &JobOutput,
+    ) -> Result<(), DbError> {
+        let validation = match (params, output) {
+            (
+                JobParams::Llm(request),
+                JobOutput::Text {
+                    text, token_ids, ..
+                },
+            ) => JobParams::LlmScore(LlmScoreParams {
+                request: request.clone(),
+                token_ids: token_ids.clone(),
+                text: text.clone(),
+            }),
+            _ => params.clone(),
+        };
+        let id = self
+            .state
+            .jobs
+            .submit_review_job(model, validation, Purpose::Validation, Some(job))
+            .await?;
+        store::set_validation_job(&self.state.db, job, id).await
+    }
+
+    /// Queues a probe: `params` with a fresh seed, run by whoever takes it.
+    async fn queue_probe(&mut self, model: &str, params: &JobParams) -> Result<(), DbError> {
+        let seed = self.rng.random::<u32>().into();
+        let mut probe = params.clone();
+        match &mut probe {
+            JobParams::Llm(p) => p.seed = seed,
+            JobParams::Image(p) => p.seed = seed,
+            JobParams::Synthetic(p) => p.seed = seed,
+            JobParams::LlmScore(_) => return Ok(()),
+        }
+        self.state
+            .jobs
+            .submit_review_job(model, probe, Purpose::Probe, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Settles a pending review whose re-execution ended (or never started, or takes too
+    /// long).
+    async fn settle(&mut self, review: PendingReview) -> Result<(), DbError> {
+        let db = self.state.db.clone();
+        let age_ms = now_ms() - review.created_ms;
+        let Some(validation) = review.validation_job else {
+            if age_ms > REQUEUE_AFTER_MS
+                && let Some(job) = store::job(&db, review.job_id).await?
+                && let (Ok(params), Some(Ok(output))) = (
+                    serde_json::from_str::<JobParams>(&job.params),
+                    job.output.as_deref().map(serde_json::from_str::<JobOutput>),
+                )
+            {
+                self.queue_validation(job.id, &job.model, &params, &output)
+                    .await?;
+            }
+            return Ok(());
+        };
+        let Some(row) = job_store::get(&db, validation).await? else {
+            return Ok(());
+        };
+        let status = Status::parse(&row.status);
+        let unverified =
+            |problem: String| json!({ "problem": problem, "validation_job": validation });
+        let outcome = match status {
+            Some(Status::Completed) => self.compare(&review, validation).await?,
+            Some(Status::Failed | Status::Cancelled) => Err(unverified(format!(
+                "the re-execution failed: {}",
+                row.error.unwrap_or_default()
+            ))),
+            _ if age_ms > self.config.validation_timeout_s as i64 * 1000 => {
+                Err(unverified(format!(
+                    "the re-execution did not finish within {} s",
+                    self.config.validation_timeout_s
+                )))
+            }
+            _ => return Ok(()),
+        };
+        match outcome {
+            Ok(Ok(verdict)) => {
+                if store::decide(&db, review.job_id, ReviewStatus::Passed, &verdict).await? {
+                    store::update_trust(&db, &review.miner_id, TrustEvent::Passed).await?;
+                }
+            }
+            Ok(Err(failure)) => {
+                let verdict = Value::Object(failure.evidence.clone());
+                if store::decide(&db, review.job_id, ReviewStatus::Failed, &verdict).await? {
+                    store::update_trust(&db, &review.miner_id, TrustEvent::Failed).await?;
+                    let failure = if review.reason == "probe" {
+                        Failure {
+                            check: Check::Probe,
+                            ..failure
+                        }
+                    } else {
+                        failure
+                    };
+                    self.open_case(
+                        &review.job_id,
+                        &review.miner_id,
+                        &review.wallet,
+                        &review.model,
+                        failure,
+                    )
+                    .await?;
+                }
+            }
+            Err(problem) => {
+                tracing::warn!(job = %review.job_id, %problem, "review left unverified");
+                store::decide(&db, review.job_id, ReviewStatus::Unverified, &problem).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares a job's output with its re-execution's. `Ok(Ok(figures))` when they agree,
+    /// `Ok(Err(failure))` when they do not, `Err(problem)` when they cannot be compared.
+    async fn compare(
+        &self,
+        review: &PendingReview,
+        validation: Uuid,
+    ) -> Result<Result<Result<Value, Failure>, Value>, DbError> {
+        let db = &self.state.db;
+        let (Some(original), Some(rerun)) = (
+            store::job(db, review.job_id).await?,
+            store::job(db, validation).await?,
+        ) else {
+            return Ok(Err(
+                json!({"problem": "the job or its re-execution is gone"}),
+            ));
+        };
+        let parse = |row: &Unreviewed| {
+            row.output
+                .as_deref()
+                .and_then(|o| serde_json::from_str::<JobOutput>(o).ok())
+        };
+        let (Some(mine), Some(theirs)) = (parse(&original), parse(&rerun)) else {
+            return Ok(Err(json!({"problem": "an output does not parse"})));
+        };
+        let base = json!({
+            "job": review.job_id,
+            "validation_job": validation,
+            "validator": rerun.miner_id,
+            "model": review.model,
+        });
+        let failed = |check: Check, detail: Value| {
+            let mut evidence = evidence(base.clone());
+            if let Value::Object(detail) = detail {
+                evidence.extend(detail);
+            }
+            Failure { check, evidence }
+        };
+        let merged = |detail: Value| {
+            let mut all = base.clone();
+            if let (Value::Object(all), Value::Object(detail)) = (&mut all, detail) {
+                all.extend(detail);
+            }
+            all
+        };
+        Ok(Ok(match (mine, theirs) {
+            (JobOutput::Image { .. }, JobOutput::Image { .. }) => {
+                let (Some(miner_key), Some(validator_key)) = (
+                    png_key(db, review.job_id).await?,
+                    png_key(db, validation).await?,
+                ) else {
+                    return Ok(Err(json!({"problem": "an image is not recorded"})));
+                };
+                let fetch = |key: String| async move { self.state.storage.get(&key).await };
+                let (Ok(Some(miner_png)), Ok(Some(validator_png))) = (
+                    fetch(miner_key.clone()).await,
+                    fetch(validator_key.clone()).await,
+                ) else {
+                    return Ok(Err(
+                        json!({"problem": "an image cannot be read from storage yet"}),
+                    ));
+                };
+                let thresholds = self.config.image;
+                let compared = tokio::task::spawn_blocking(move || {
+                    similarity::compare(&miner_png, &validator_png)
+                })
+                .await
+                .map_err(|e| DbError::Shared(format!("image comparison panicked: {e}")))?;
+                let detail = |figures: Value| {
+                    json!({
+                        "miner_image": miner_key,
+                        "validator_image": validator_key,
+                        "thresholds": {
+                            "min_ssim": thresholds.min_ssim,
+                            "min_detail_ratio": thresholds.min_detail_ratio,
+                            "max_phash_distance": thresholds.max_phash_distance,
+                        },
+                        "similarity": figures,
+                    })
+                };
+                match compared {
+                    Ok(sim) => {
+                        let figures = json!({
+                            "ssim": sim.ssim,
+                            "detail_ratio": sim.detail_ratio,
+                            "phash_distance": sim.phash_distance,
+                        });
+                        match thresholds.verdict(&sim) {
+                            Verdict::Match => Ok(merged(detail(figures))),
+                            Verdict::Mismatch { reason } => {
+                                let mut d = detail(figures);
+                                d["problem"] = reason.to_string().into();
+                                Err(failed(Check::ImageSimilarity, d))
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let mut d = detail(Value::Null);
+                        d["problem"] = e.to_string().into();
+                        Err(failed(Check::ImageSimilarity, d))
+                    }
+                }
+            }
+            (
+                JobOutput::Text { .. },
+                JobOutput::TokenScores {
+                    scores,
+                    text_matches,
+                    ..
+                },
+            ) => {
+                let figures = teacher::score(&scores, text_matches);
+                let detail = json!({
+                    "score": figures,
+                    "thresholds": self.config.llm,
+                    "token_scores": scores,
+                });
+                match self.config.llm.judge(&figures) {
+                    Ok(()) => {
+                        let mut d = detail;
+                        d.as_object_mut().map(|d| d.remove("token_scores"));
+                        Ok(merged(d))
+                    }
+                    Err(problem) => {
+                        let mut d = detail;
+                        d["problem"] = problem.into();
+                        Err(failed(Check::LlmTeacherForcing, d))
+                    }
+                }
+            }
+            (JobOutput::Bytes { sha256: a, .. }, JobOutput::Bytes { sha256: b, .. }) => {
+                let detail = json!({"miner_sha256": a, "validator_sha256": b});
+                if a == b {
+                    Ok(merged(detail))
+                } else {
+                    let mut d = detail;
+                    d["problem"] = "the bytes differ from the validator's".into();
+                    Err(failed(Check::Probe, d))
+                }
+            }
+            _ => {
+                return Ok(Err(
+                    json!({"problem": "the outputs are of different kinds"}),
+                ));
+            }
+        }))
+    }
+
+    /// Opens a case for a failed check and lets the policy act on it.
+    async fn open_case(
+        &self,
+        job: &Uuid,
+        miner_id: &str,
+        wallet: &str,
+        model: &str,
+        failure: Failure,
+    ) -> Result<(), DbError> {
+        let kind = self
+            .state
+            .jobs
+            .registry()
+            .get(model)
+            .and_then(|spec| PointsKind::of(spec.kind));
+        let Some(kind) = kind else {
+            // Synthetic jobs earn nothing; there is nothing to slash.
+            tracing::warn!(%job, %miner_id, check = failure.check.as_str(), "check failed on a job that earns no points");
+            return Ok(());
+        };
+        let check = failure.check;
+        let case = cases::open_case(
+            &self.state.db,
+            &NewCase {
+                job_id: Some(*job),
+                wallet: wallet.to_owned(),
+                miner_id: Some(miner_id.to_owned()),
+                kind,
+                check,
+                evidence: failure.evidence,
+            },
+        )
+        .await?;
+        tracing::warn!(%case, %job, %miner_id, check = check.as_str(), "anti-cheat case opened");
+        self.apply_policy(case, miner_id, check).await
+    }
+
+    /// Slashes and suspends without an admin once a GPU has failed often enough.
+    async fn apply_policy(&self, case: Uuid, miner_id: &str, check: Check) -> Result<(), DbError> {
+        let policy = &self.config.policy;
+        if policy.auto_slash_failures == 0 {
+            return Ok(());
+        }
+        let since = now_ms() - (policy.window_s as i64).saturating_mul(1000);
+        let failures = cases::recent_count(&self.state.db, miner_id, since).await?;
+        if failures < i64::from(policy.auto_slash_failures) {
+            return Ok(());
+        }
+        let note = format!(
+            "{failures} failed anti-cheat checks within {} h (the last: {})",
+            policy.window_s / 3600,
+            check.as_str()
+        );
+        match cases::slash(
+            &self.state.db,
+            case,
+            &SlashDecision {
+                amount: SlashAmount::Fraction(policy.slash_fraction),
+                note: note.clone(),
+                by: "policy".to_owned(),
+            },
+        )
+        .await
+        {
+            Ok(slashed) => {
+                tracing::warn!(%case, %miner_id, slashed = slashed.slashed.amount, "slashed by policy")
+            }
+            Err(cases::DecideError::Db(e)) => return Err(e),
+            Err(e) => tracing::warn!(%case, error = %e, "policy could not slash"),
+        }
+        if policy.suspend {
+            let reason = format!("anti-cheat: {note}");
+            miners::suspend(&self.state.db, &self.state.online, miner_id, &reason).await?;
+            tracing::warn!(%miner_id, %reason, "suspended by policy");
+        }
+        Ok(())
+    }
+}
+
+/// The key of a job's stored PNG.
+async fn png_key(db: &crate::db::Db, job: Uuid) -> Result<Option<String>, DbError> {
+    Ok(job_store::objects_of(db, job)
+        .await?
+        .into_iter()
+        .find(|(name, ..)| name == "output.png")
+        .map(|(_, key, ..)| key))
+}
+
+fn evidence(value: Value) -> serde_json::Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        other => {
+            let mut map = serde_json::Map::new();
+            map.insert("detail".to_owned(), other);
+            map
+        }
+    }
+}
