@@ -50,6 +50,9 @@ scripts/setup.sh
 
 section "build binaries (cargo build --workspace --bins)"
 cargo build --workspace --bins
+# The cheater lab's agent: the test-only cheat modes, in a binary of its own (the cheater_lab
+# test builds it too when run alone; building it here shows a compile error as one).
+cargo build -p infermine-agent --features cheat-lab --bin infermine-cheat-agent
 
 section "PostgreSQL"
 if [[ -n ${INFERMINE_TEST_POSTGRES_URL:-} ]]; then

@@ -14,7 +14,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::engine;
+use crate::engine::{self, Precision};
 
 /// Path the coordinator serves agent sessions on; appended to a base URL without a path.
 const AGENT_WS_PATH: &str = "/v1/agent/ws";
@@ -124,6 +124,19 @@ pub struct RunArgs {
     #[arg(long, env = "INFERMINE_AGENT_DRAIN_TIMEOUT_S", value_name = "SECONDS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_timeout_s: Option<u64>,
+
+    /// Threads libtorch uses within one operation (intra-op), shared by all slots. Default:
+    /// libtorch's own choice (the number of physical cores).
+    #[arg(long, env = "INFERMINE_AGENT_THREADS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+
+    /// Number format models run in: `auto` (LLMs in bf16 on CUDA and f32 on the CPU; image
+    /// models in f16 for SD or bf16 for Flux on CUDA, f32 on the CPU), `f32` or `bf16`.
+    /// Default: auto.
+    #[arg(long, env = "INFERMINE_AGENT_PRECISION", value_name = "auto|f32|bf16")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 /// The merged layers before validation; also the schema of the config file.
@@ -139,6 +152,8 @@ struct RawConfig {
     cpu_slots: u32,
     name: Option<String>,
     drain_timeout_s: u64,
+    threads: Option<u32>,
+    precision: String,
 }
 
 impl Default for RawConfig {
@@ -153,6 +168,8 @@ impl Default for RawConfig {
             cpu_slots: 1,
             name: None,
             drain_timeout_s: 60,
+            threads: None,
+            precision: Precision::Auto.as_str().to_owned(),
         }
     }
 }
@@ -194,6 +211,10 @@ pub struct AgentConfig {
     pub name: Option<String>,
     /// How long a graceful shutdown waits for running jobs.
     pub drain_timeout: Duration,
+    /// libtorch's intra-op threads; `None` leaves libtorch's default.
+    pub threads: Option<u32>,
+    /// The number format engines load models in.
+    pub precision: Precision,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -207,6 +228,8 @@ impl fmt::Debug for AgentConfig {
             .field("cpu_slots", &self.cpu_slots)
             .field("name", &self.name)
             .field("drain_timeout", &self.drain_timeout)
+            .field("threads", &self.threads)
+            .field("precision", &self.precision)
             .finish()
     }
 }
@@ -267,6 +290,16 @@ impl AgentConfig {
         if !(1..=1024).contains(&raw.cpu_slots) {
             return Err(invalid("cpu_slots", "must be between 1 and 1024"));
         }
+        if raw.threads.is_some_and(|n| !(1..=1024).contains(&n)) {
+            return Err(invalid(
+                "threads",
+                "must be between 1 and 1024; leave it unset for libtorch's default",
+            ));
+        }
+        let precision = raw
+            .precision
+            .parse::<Precision>()
+            .map_err(|why| invalid("precision", why))?;
         Ok(Self {
             coordinator,
             token,
@@ -276,6 +309,8 @@ impl AgentConfig {
             cpu_slots: raw.cpu_slots,
             name: raw.name.filter(|n| !n.trim().is_empty()),
             drain_timeout: Duration::from_secs(raw.drain_timeout_s),
+            threads: raw.threads,
+            precision,
         })
     }
 }
@@ -456,6 +491,58 @@ mod tests {
         no_token.token = None;
         let err = AgentConfig::load(&no_token).expect_err("no token");
         assert!(err.to_string().starts_with("token: missing"), "{err}");
+    }
+
+    #[test]
+    fn threads_and_precision_come_from_any_layer_and_are_checked() {
+        let config = AgentConfig::load(&args()).expect("valid");
+        assert_eq!((config.threads, config.precision), (None, Precision::Auto));
+
+        let mut set = args();
+        set.threads = Some(4);
+        set.precision = Some("BF16".into());
+        let config = AgentConfig::load(&set).expect("valid");
+        assert_eq!(
+            (config.threads, config.precision),
+            (Some(4), Precision::Bf16)
+        );
+
+        let dir =
+            std::env::temp_dir().join(format!("infermine-agent-knobs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("agent.toml");
+        std::fs::write(&file, "threads = 2\nprecision = \"f32\"\n").expect("write");
+        let mut from_file = args();
+        from_file.config = Some(file.clone());
+        let config = AgentConfig::load(&from_file).expect("valid");
+        assert_eq!(
+            (config.threads, config.precision),
+            (Some(2), Precision::F32)
+        );
+        from_file.precision = Some("auto".into());
+        let config = AgentConfig::load(&from_file).expect("valid");
+        assert_eq!(config.precision, Precision::Auto, "the command line wins");
+
+        std::fs::write(&file, "precision = \"fp16\"\n").expect("write");
+        from_file.precision = None;
+        let err = AgentConfig::load(&from_file).expect_err("fp16");
+        assert_eq!(
+            err.to_string(),
+            "precision: `fp16` is not a precision: use auto, f32 or bf16"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+
+        let mut zero = args();
+        zero.threads = Some(0);
+        let err = AgentConfig::load(&zero).expect_err("0 threads");
+        assert!(
+            err.to_string().starts_with("threads: must be between 1"),
+            "{err}"
+        );
+        let mut bad = args();
+        bad.precision = Some("half".into());
+        let err = AgentConfig::load(&bad).expect_err("half");
+        assert!(err.to_string().contains("use auto, f32 or bf16"), "{err}");
     }
 
     #[test]

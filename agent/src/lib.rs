@@ -14,6 +14,12 @@
 //!   outcomes back on another.
 //! - `link`: dials the coordinator, runs sessions (hello → welcome → jobs, heartbeats), and
 //!   redials with backoff.
+//! - `challenge`: answers the coordinator's file challenges with the SHA-256 of a byte range
+//!   of a served model's file, hashed off the runtime while the session goes on.
+//! - [`models`]: model folders checked against the coordinator's manifest before the hello.
+//! - [`cli`]: the command line both binaries run.
+//! - `cheat` (feature `cheat-lab` only): the cheater lab's modes for `infermine-cheat-agent`,
+//!   reached through one-line hooks in slots, models and link; absent from normal builds.
 //!
 //! # Life of a job
 //!
@@ -30,6 +36,10 @@
 //! [`run_agent`] is the whole agent, returning on shutdown or refusal; tests and the load
 //! benchmark run many in one process with [`run_agent_with_devices`] and fake devices.
 
+mod challenge;
+#[cfg(feature = "cheat-lab")]
+pub mod cheat;
+pub mod cli;
 pub mod config;
 pub mod cuda;
 pub mod engine;
@@ -107,9 +117,23 @@ pub async fn run_agent_with_devices(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    if let Some(threads) = config.threads {
+        // Process-wide: each slot thread takes it up when it first runs libtorch.
+        tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
+    }
+    tracing::info!(
+        threads = tch::get_num_threads(),
+        precision = config.precision.as_str(),
+        "libtorch settings"
+    );
     let (events_tx, mut events_rx) = mpsc::channel(SLOT_EVENTS_CAPACITY);
-    let slots = slots::Slots::start(devices.infos(), events_tx, &config.models_dir)
-        .map_err(AgentError::Start)?;
+    let slots = slots::Slots::start(
+        devices.infos(),
+        events_tx,
+        &config.models_dir,
+        config.precision,
+    )
+    .map_err(AgentError::Start)?;
     let link = link::Link {
         config: &config,
         digests: &digests,

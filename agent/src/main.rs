@@ -1,73 +1,7 @@
-//! `infermine-agent`: parses the configuration, sets up logging, and runs the agent until
-//! SIGTERM or ctrl-c. Exit status: 0 after a clean stop, 1 for a bad configuration, 2 when
-//! the coordinator refuses the miner token, 3 for a protocol mismatch, 4 when suspended.
+//! `infermine-agent`: the miner agent's binary; [`infermine_agent::cli`] does the work.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
-use infermine_agent::config::ModelsCommand;
-use infermine_agent::engine::demo::{demo_models, synth as synth_model};
-use infermine_agent::{AgentConfig, Cli, Command, run_agent, shutdown_signal};
-use tracing_subscriber::EnvFilter;
-
 fn main() -> ExitCode {
-    // Fails only when a provider is already installed, which is as good.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-    let args = match cli.command {
-        Command::Run(args) => args,
-        Command::Models(ModelsCommand::Synth { models, out }) => return synth(&models, &out),
-    };
-    let config = match AgentConfig::load(&args) {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!("invalid configuration: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run_agent(config, shutdown_signal())) {
-        Ok(()) => {
-            tracing::info!("stopped");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            ExitCode::from(e.exit_code())
-        }
-    }
-}
-
-/// `models synth`: writes each requested demo model and says where.
-fn synth(models: &[String], out: &std::path::Path) -> ExitCode {
-    let ids: Vec<&str> = if models.iter().any(|m| m == "all") {
-        demo_models().collect()
-    } else {
-        models.iter().map(String::as_str).collect()
-    };
-    for id in ids {
-        match synth_model(id, out) {
-            Ok(dir) => tracing::info!(
-                "wrote demo model {id} (random weights) to {}",
-                dir.display()
-            ),
-            Err(e) => {
-                tracing::error!("{e}");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    ExitCode::SUCCESS
+    infermine_agent::cli::main(|_| Ok(()))
 }

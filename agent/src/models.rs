@@ -132,6 +132,10 @@ pub fn fetch_manifest(coordinator: &str, model: &str) -> Result<Manifest, Integr
 ///
 /// Files are hashed in full. Progress is logged every few seconds for large files.
 pub fn verify(dir: &Path, manifest: &Manifest) -> Result<String, IntegrityError> {
+    #[cfg(feature = "cheat-lab")]
+    if let Some(claimed) = crate::cheat::skip_verification(manifest) {
+        return Ok(claimed);
+    }
     let model = &manifest.model;
     let mut lines = Vec::with_capacity(manifest.files.len());
     for file in &manifest.files {
@@ -181,10 +185,20 @@ pub fn verify(dir: &Path, manifest: &Manifest) -> Result<String, IntegrityError>
                 actual,
             });
         }
-        lines.push(format!("{} {actual}\n", file.name));
+        lines.push(manifest_line(&file.name, &actual));
     }
+    Ok(manifest_digest(lines))
+}
+
+/// One verified file in the manifest digest: its name and lowercase hex SHA-256.
+pub(crate) fn manifest_line(name: &str, sha256: &str) -> String {
+    format!("{name} {sha256}\n")
+}
+
+/// The digest the hello carries for a model: SHA-256 over its files' lines, sorted.
+pub(crate) fn manifest_digest(mut lines: Vec<String>) -> String {
     lines.sort();
-    Ok(hex::encode(Sha256::digest(lines.concat())))
+    hex::encode(Sha256::digest(lines.concat()))
 }
 
 /// Hex SHA-256 of a file, logging progress for files that take a while.

@@ -147,6 +147,8 @@ impl TestServer {
         config.agent_timeout_s = 5;
         // Tests drive hundreds of requests from one address; the limits have tests of their own.
         config.rate_limits.enabled = false;
+        // Probes are extra jobs at random; tests that count jobs opt in to them.
+        config.review.probe_rate = 0.0;
         tweak(&mut config);
         let api_key = infermine_server::create_api_key(&config, "tests")
             .await
@@ -391,6 +393,18 @@ impl AgentProcess {
 
     pub async fn spawn_url(url: &str, log_dir: &Path, token: &str, extra: &[&str]) -> Self {
         let binary = agent_binary().expect("agent binary");
+        Self::spawn_binary(&binary, &[], url, log_dir, token, extra).await
+    }
+
+    /// Starts `binary` (an agent build) with `env` set, serving `synthetic-echo` plus `extra`.
+    pub async fn spawn_binary(
+        binary: &Path,
+        env: &[(&str, &str)],
+        url: &str,
+        log_dir: &Path,
+        token: &str,
+        extra: &[&str],
+    ) -> Self {
         let log = log_dir.join(format!("agent-{}.log", uuid::Uuid::now_v7().simple()));
         let file = std::fs::File::create(&log).expect("agent log");
         let child = tokio::process::Command::new(binary)
@@ -405,6 +419,7 @@ impl AgentProcess {
             ])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log"))
             .stderr(file)

@@ -133,31 +133,81 @@ pub trait Engine: Send {
     ) -> Result<JobOutput, EngineError>;
 }
 
-/// Loads the engine for `model` on `device`. Called on the slot's thread the first time the
-/// slot sees the model; the time it takes is reported as `load_ms`.
+/// The number format engines run models in (`--precision`). Each engine's own choice by
+/// default; forcing one trades speed or memory for agreement with other devices (an f32
+/// validator and a bf16 miner round logits differently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// LLMs in bf16 on CUDA and f32 on the CPU; image models in f16 (SD) or bf16 (Flux) on
+    /// CUDA and f32 on the CPU.
+    #[default]
+    Auto,
+    /// Everything in f32.
+    F32,
+    /// Everything in bf16 (the VAE of SD models whose config asks for it stays in f32).
+    Bf16,
+}
+
+impl Precision {
+    /// The name `--precision` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    /// The libtorch kind this precision forces, or `None` for each engine's own choice.
+    pub fn kind(self) -> Option<tch::Kind> {
+        match self {
+            Self::Auto => None,
+            Self::F32 => Some(tch::Kind::Float),
+            Self::Bf16 => Some(tch::Kind::BFloat16),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(format!("`{s}` is not a precision: use auto, f32 or bf16")),
+        }
+    }
+}
+
+/// Loads the engine for `model` on `device` in `precision`. Called on the slot's thread the
+/// first time the slot sees the model; the time it takes is reported as `load_ms`.
 pub fn create(
     model: &str,
     device: &GpuInfo,
     models_dir: &Path,
+    precision: Precision,
 ) -> Result<Box<dyn Engine>, EngineError> {
     if model == SYNTHETIC_ECHO {
         return Ok(Box::new(SyntheticEngine));
     }
     check_available(model, models_dir).map_err(EngineError::Agent)?;
     let dir = model_dir(models_dir, model);
-    let (torch_device, dtype) = llm::placement(device);
+    let (torch_device, dtype) = llm::placement(device, precision);
     let engine: Box<dyn Engine> = match ModelFormat::detect(&dir) {
         Some(ModelFormat::Diffusion) => Box::new(diffusion::engine::DiffusionEngine::load(
             model,
             &dir,
             torch_device,
+            precision,
         )?),
         Some(ModelFormat::HuggingFaceLlm) | None => Box::new(
             llm::LlmEngine::load(&dir, torch_device, dtype)
                 .map_err(|e| EngineError::Agent(format!("cannot load model `{model}`: {e}")))?,
         ),
     };
-    tracing::info!(model, device = ?torch_device, "model loaded");
+    tracing::info!(model, device = ?torch_device, precision = precision.as_str(), "model loaded");
     Ok(engine)
 }
 

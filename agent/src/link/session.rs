@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Display;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +20,14 @@ use infermine_protocol::{
     decode_coordinator, encode,
 };
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 
 use super::shutdown_requested;
+use crate::challenge::{self, Challenge};
 use crate::engine::EngineError;
 use crate::error::AgentError;
 use crate::gpu::Devices;
@@ -47,6 +49,8 @@ pub(crate) struct Session<'a> {
     pub(crate) events: &'a mut mpsc::Receiver<SlotEvent>,
     pub(crate) shutdown: &'a mut watch::Receiver<bool>,
     pub(crate) drain_timeout: Duration,
+    /// Where the served models' folders are, for file challenges.
+    pub(crate) models_dir: PathBuf,
 }
 
 /// How a session ended.
@@ -105,6 +109,8 @@ where
         out: out_tx,
         slots: session.slots,
         models: session.hello.models.iter().map(|m| m.id.clone()).collect(),
+        models_dir: session.models_dir.into(),
+        proofs: JoinSet::new(),
         in_flight: HashMap::new(),
         drain_deadline: None,
     };
@@ -200,7 +206,10 @@ fn log_welcome(welcome: &Welcome, hello: &Hello) {
 struct Control<'a> {
     out: mpsc::Sender<Message>,
     slots: &'a Slots,
-    models: Vec<String>,
+    models: Arc<[String]>,
+    models_dir: Arc<Path>,
+    /// Challenges being hashed; dropping the set with the session abandons them.
+    proofs: JoinSet<()>,
     /// Jobs accepted in this session and not yet reported, and whether each was cancelled.
     in_flight: HashMap<JobId, bool>,
     /// Set once shutdown is requested: no new jobs, and the session ends when `in_flight`
@@ -262,10 +271,21 @@ impl Control<'_> {
             }
             CoordinatorMessage::Heartbeat { .. } => Ok(()),
             CoordinatorMessage::Challenge {
-                id, model, file, ..
+                id,
+                model,
+                file,
+                offset,
+                len,
             } => {
-                // Only models with files can be challenged, and none are served yet.
-                tracing::warn!(id, %model, %file, "challenge for a file this agent does not hold; not answered");
+                self.on_challenge(
+                    id,
+                    Challenge {
+                        model,
+                        file,
+                        offset,
+                        len,
+                    },
+                );
                 Ok(())
             }
             CoordinatorMessage::Welcome(_) => {
@@ -315,6 +335,22 @@ impl Control<'_> {
                 .await
             }
         }
+    }
+
+    /// Hashes the challenged range on a blocking thread and sends the proof when it is
+    /// ready, so frames keep flowing meanwhile.
+    fn on_challenge(&mut self, id: u64, challenge: Challenge) {
+        while self.proofs.try_join_next().is_some() {}
+        let (models, models_dir, out) = (
+            Arc::clone(&self.models),
+            Arc::clone(&self.models_dir),
+            self.out.clone(),
+        );
+        self.proofs.spawn(async move {
+            let proof = challenge::answer(id, challenge, models_dir, models).await;
+            // A closed channel means the session ended; the coordinator asks again.
+            let _ = out.send(Message::text(encode(&proof))).await;
+        });
     }
 
     async fn on_event(&mut self, event: SlotEvent) -> Result<(), SessionEnd> {

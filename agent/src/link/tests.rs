@@ -124,14 +124,20 @@ struct Agent {
     events: mpsc::Receiver<SlotEvent>,
     stop_tx: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
+    models_dir: std::path::PathBuf,
 }
 
 fn agent() -> Agent {
     let config = AgentConfig::new("ws://127.0.0.1:1", "miner-token").expect("valid config");
     let devices = Devices::cpu(1);
     let (events_tx, events) = mpsc::channel(64);
-    let slots =
-        Slots::start(devices.infos(), events_tx, std::path::Path::new("models")).expect("slots");
+    let slots = Slots::start(
+        devices.infos(),
+        events_tx,
+        std::path::Path::new("models"),
+        config.precision,
+    )
+    .expect("slots");
     let (stop_tx, stop_rx) = watch::channel(false);
     Agent {
         hello: super::hello(&config, &devices, &std::collections::HashMap::new()),
@@ -140,6 +146,7 @@ fn agent() -> Agent {
         events,
         stop_tx,
         stop_rx,
+        models_dir: "models".into(),
     }
 }
 
@@ -159,6 +166,7 @@ where
         events: &mut agent.events,
         shutdown: &mut agent.stop_rx,
         drain_timeout: Duration::from_secs(10),
+        models_dir: agent.models_dir.clone(),
     };
     let coordinator = Coordinator {
         to_agent,
@@ -348,6 +356,68 @@ async fn unknown_models_and_slots_fail_retryably() {
             assert_eq!((id, retryable), (job.id, true), "{reason}");
         }
         drop(coordinator);
+    })
+    .await;
+    assert!(matches!(end, SessionEnd::Lost(_)), "{end:?}");
+}
+
+#[tokio::test]
+async fn challenges_are_answered_with_the_range_hash_or_why_not() {
+    let models = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(models.path().join("tiny-model")).expect("model dir");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(models.path().join("tiny-model/model.safetensors"), &data).expect("file");
+    let mut agent = agent();
+    agent.models_dir = models.path().to_owned();
+    agent.hello.models.push(infermine_protocol::ModelInfo {
+        id: "tiny-model".to_owned(),
+        sha256: String::new(),
+    });
+    let end = session_with(&mut agent, |mut coordinator, _| async move {
+        coordinator.welcome().await;
+        let challenge = |id, file: &str, offset, len| CoordinatorMessage::Challenge {
+            id,
+            model: "tiny-model".to_owned(),
+            file: file.to_owned(),
+            offset,
+            len,
+        };
+        coordinator
+            .send(&challenge(1, "model.safetensors", 500, 70_000))
+            .await;
+        coordinator
+            .send(&challenge(2, "../../etc/passwd", 0, 10))
+            .await;
+        coordinator
+            .send(&challenge(3, "model.safetensors", 99_999, 2))
+            .await;
+        let mut proofs = std::collections::BTreeMap::new();
+        while proofs.len() < 3 {
+            let AgentMessage::Proof { id, sha256, error } = coordinator.recv_agent().await else {
+                panic!("expected proofs");
+            };
+            proofs.insert(id, (sha256, error));
+        }
+        let expected = hex::encode(Sha256::digest(&data[500..70_500]));
+        assert_eq!(proofs[&1], (expected, None));
+        let (sha256, error) = &proofs[&2];
+        assert!(sha256.is_empty());
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("..")),
+            "{error:?}"
+        );
+        let error = proofs[&3].1.as_deref().expect("past the end");
+        assert!(error.contains("is 100000 bytes"), "{error}");
+        let job = synthetic_job(0, 0);
+        coordinator
+            .send(&CoordinatorMessage::Job(job.clone()))
+            .await;
+        assert_eq!(
+            coordinator.recv_agent().await,
+            AgentMessage::Accepted { job: job.id },
+            "the session goes on after refused challenges"
+        );
+        coordinator.close(1001, "done").await;
     })
     .await;
     assert!(matches!(end, SessionEnd::Lost(_)), "{end:?}");

@@ -29,6 +29,10 @@ pub struct ReviewConfig {
     pub latency_slack_ms: u64,
     /// … plus this share of the measured time.
     pub latency_slack_share: f64,
+    /// A GPU of the tier table must do a job at least this many times faster than the median
+    /// CPU validator did the same model's work (per pixel-step or per generated token), or
+    /// its claim to be that GPU is implausible. 0 turns the check off.
+    pub min_gpu_speedup_over_cpu: f64,
     /// Image re-executions: where an honest re-render ends.
     pub image: Thresholds,
     /// LLM re-executions (teacher forcing): where honest sampling ends.
@@ -48,6 +52,7 @@ impl Default for ReviewConfig {
             validation_timeout_s: 600,
             latency_slack_ms: 50,
             latency_slack_share: 0.02,
+            min_gpu_speedup_over_cpu: 3.0,
             image: Thresholds::default(),
             llm: LlmThresholds::default(),
             policy: Policy::default(),
@@ -117,6 +122,9 @@ impl ReviewConfig {
         share("llm.min_seeded_share", self.llm.min_seeded_share)?;
         share("llm.min_support_share", self.llm.min_support_share)?;
         share("image.min_ssim", self.image.min_ssim)?;
+        if self.min_gpu_speedup_over_cpu.is_nan() || self.min_gpu_speedup_over_cpu < 0.0 {
+            return Err("review.min_gpu_speedup_over_cpu must be 0 (off) or more".to_owned());
+        }
         if self.interval_ms == 0 {
             return Err("review.interval_ms must be at least 1".to_owned());
         }

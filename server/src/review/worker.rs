@@ -15,7 +15,7 @@
 //! Every decision is a conditional write (see [`store`]), so a crash or a second coordinator
 //! never reviews a job twice, and a restart picks up where the tables say.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use infermine_protocol::{JobOutput, JobParams, LlmScoreParams, Metrics};
@@ -44,6 +44,10 @@ const BATCH: u64 = 200;
 /// given one after this long.
 const REQUEUE_AFTER_MS: i64 = 10_000;
 
+/// CPU validator timings kept per model for the throughput check, and how many it needs.
+const BASELINE_SAMPLES: usize = 64;
+const BASELINE_MIN_SAMPLES: usize = 3;
+
 /// Starts the reviewer on the coordinator's state; it runs until the task is aborted.
 pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
     let config = state.config.review.clone();
@@ -55,6 +59,7 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
             rng: StdRng::from_os_rng(),
             state,
             config,
+            cpu_baselines: HashMap::new(),
         };
         let mut ticker = tokio::time::interval(Duration::from_millis(reviewer.config.interval_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -72,6 +77,9 @@ struct Reviewer {
     config: ReviewConfig,
     rng: StdRng,
     since_ms: i64,
+    /// Per model, recent milliseconds per unit of work (see [`work_units`]) of CPU
+    /// validators' re-executions, as the coordinator timed them.
+    cpu_baselines: HashMap<String, VecDeque<f64>>,
 }
 
 /// A failed check: what it was and the evidence for its case.
@@ -131,6 +139,20 @@ impl Reviewer {
             return Ok(());
         };
         if let Some(failure) = self.latency_check(&job) {
+            review.status = ReviewStatus::Failed;
+            review.reason = failure.check.as_str();
+            review.verdict = Some(Value::Object(failure.evidence.clone()));
+            if store::claim(&db, &review).await? {
+                store::update_trust(&db, &miner_id, TrustEvent::Failed).await?;
+                self.open_case(&job.id, &miner_id, &wallet, &job.model, failure)
+                    .await?;
+            }
+            return Ok(());
+        }
+        if let Some(failure) = self
+            .throughput_check(&job, &params, &output, &miner_id)
+            .await?
+        {
             review.status = ReviewStatus::Failed;
             review.reason = failure.check.as_str();
             review.verdict = Some(Value::Object(failure.evidence.clone()));
@@ -218,6 +240,107 @@ impl Reviewer {
                 "metrics": metrics,
             })),
         })
+    }
+
+    /// A GPU of the tier table that works no faster than the CPU validators is not that GPU.
+    async fn throughput_check(
+        &self,
+        job: &Unreviewed,
+        params: &JobParams,
+        output: &JobOutput,
+        miner_id: &str,
+    ) -> Result<Option<Failure>, DbError> {
+        let speedup = self.config.min_gpu_speedup_over_cpu;
+        let (Some(units), Some(server_ms), Some(baseline)) = (
+            work_units(params, output),
+            server_ms(job),
+            self.cpu_baseline(&job.model),
+        ) else {
+            return Ok(None);
+        };
+        if speedup <= 0.0 {
+            return Ok(None);
+        }
+        let Some(gpu) = miners::gpu_name(&self.state.db, miner_id).await? else {
+            return Ok(None);
+        };
+        if self
+            .state
+            .jobs
+            .registry()
+            .gpu_tiers()
+            .tier_of(&gpu)
+            .is_none()
+        {
+            // A CPU, or a GPU the table does not know: nothing to hold it to.
+            return Ok(None);
+        }
+        let ms_per_unit = server_ms as f64 / units;
+        let slowest_plausible = baseline / speedup;
+        Ok((ms_per_unit > slowest_plausible).then(|| Failure {
+            check: Check::Throughput,
+            evidence: evidence(json!({
+                "problem": format!(
+                    "the GPU claims to be a {gpu} but took {ms_per_unit:.3} ms per unit of work;                      CPU validators take {baseline:.3}, and a {gpu} is expected to be at least                      {speedup}x faster"
+                ),
+                "claimed_gpu": gpu,
+                "server_ms": server_ms,
+                "work_units": units,
+                "ms_per_unit": ms_per_unit,
+                "cpu_validator_ms_per_unit": baseline,
+                "min_speedup": speedup,
+            })),
+        }))
+    }
+
+    /// The median of the CPU validators' recent timings for `model`, once there are enough.
+    fn cpu_baseline(&self, model: &str) -> Option<f64> {
+        let samples = self.cpu_baselines.get(model)?;
+        if samples.len() < BASELINE_MIN_SAMPLES {
+            return None;
+        }
+        let mut sorted: Vec<f64> = samples.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        Some(sorted[sorted.len() / 2])
+    }
+
+    /// Learns from a finished re-execution how fast a CPU validator runs its model.
+    async fn learn_speed(&mut self, rerun: &Unreviewed) -> Result<(), DbError> {
+        let (Some(validator), Some(server_ms)) = (rerun.miner_id.as_deref(), server_ms(rerun))
+        else {
+            return Ok(());
+        };
+        let (Ok(params), Some(Ok(output))) = (
+            serde_json::from_str::<JobParams>(&rerun.params),
+            rerun
+                .output
+                .as_deref()
+                .map(serde_json::from_str::<JobOutput>),
+        ) else {
+            return Ok(());
+        };
+        let Some(units) = work_units(&params, &output) else {
+            return Ok(());
+        };
+        let Some(gpu) = miners::gpu_name(&self.state.db, validator).await? else {
+            return Ok(());
+        };
+        if self
+            .state
+            .jobs
+            .registry()
+            .gpu_tiers()
+            .tier_of(&gpu)
+            .is_some()
+        {
+            return Ok(());
+        }
+        let samples = self.cpu_baselines.entry(rerun.model.clone()).or_default();
+        if samples.len() == BASELINE_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back(server_ms as f64 / units);
+        Ok(())
     }
 
     /// Queues the re-execution of `job` on a validator.
@@ -343,11 +466,11 @@ impl Reviewer {
     /// Compares a job's output with its re-execution's. `Ok(Ok(figures))` when they agree,
     /// `Ok(Err(failure))` when they do not, `Err(problem)` when they cannot be compared.
     async fn compare(
-        &self,
+        &mut self,
         review: &PendingReview,
         validation: Uuid,
     ) -> Result<Result<Result<Value, Failure>, Value>, DbError> {
-        let db = &self.state.db;
+        let db = &self.state.db.clone();
         let (Some(original), Some(rerun)) = (
             store::job(db, review.job_id).await?,
             store::job(db, validation).await?,
@@ -356,6 +479,7 @@ impl Reviewer {
                 json!({"problem": "the job or its re-execution is gone"}),
             ));
         };
+        self.learn_speed(&rerun).await?;
         let parse = |row: &Unreviewed| {
             row.output
                 .as_deref()
@@ -392,10 +516,10 @@ impl Reviewer {
                 ) else {
                     return Ok(Err(json!({"problem": "an image is not recorded"})));
                 };
-                let fetch = |key: String| async move { self.state.storage.get(&key).await };
+                let storage = &self.state.storage;
                 let (Ok(Some(miner_png)), Ok(Some(validator_png))) = (
-                    fetch(miner_key.clone()).await,
-                    fetch(validator_key.clone()).await,
+                    storage.get(&miner_key).await,
+                    storage.get(&validator_key).await,
                 ) else {
                     return Ok(Err(
                         json!({"problem": "an image cannot be read from storage yet"}),
@@ -564,6 +688,24 @@ impl Reviewer {
         }
         Ok(())
     }
+}
+
+/// How much work a job asked for, in the units the throughput check compares: pixel-steps
+/// for images, tokens for LLMs (generated ones; scored ones for a validator's teacher
+/// forcing, which runs them in one pass and so is the cheaper of the two).
+fn work_units(params: &JobParams, output: &JobOutput) -> Option<f64> {
+    let units = match (params, output) {
+        (JobParams::Image(p), _) => f64::from(p.width) * f64::from(p.height) * f64::from(p.steps),
+        (JobParams::Llm(_), JobOutput::Text { usage, .. }) => f64::from(usage.completion_tokens),
+        (JobParams::LlmScore(p), _) => p.token_ids.len() as f64,
+        _ => return None,
+    };
+    (units > 0.0).then_some(units)
+}
+
+/// The time the coordinator measured between handing out a job and recording its result.
+fn server_ms(job: &Unreviewed) -> Option<u64> {
+    Some((job.finished_ms? - job.assigned_ms?).max(0) as u64)
 }
 
 /// The key of a job's stored PNG.

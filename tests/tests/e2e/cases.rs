@@ -1,5 +1,5 @@
-//! Anti-cheat cases end to end: a case opened through the server's library (there is no
-//! automatic reviewer yet) is listed to admins with its evidence, slashing it lowers the
+//! Anti-cheat cases end to end: a case opened through the server's library (the reviewer's
+//! own cases are exercised by the cheater lab, tests/tests/cheater_lab.rs) is listed to admins with its evidence, slashing it lowers the
 //! wallet's balance as the portal shows it, with the case as the slash's reason, and a
 //! decided case cannot be decided again. Only admins reach any of it.
 

@@ -19,7 +19,7 @@ use super::pipeline::sd::SdPipeline;
 use super::pipeline::single_file;
 use super::pipeline::{ImageRequest, PipelineError, Placement, RenderedImage};
 use super::scheduler::SamplerKind;
-use crate::engine::{CancelToken, Engine, EngineError, EngineEvent, catch_torch_panic};
+use crate::engine::{CancelToken, Engine, EngineError, EngineEvent, Precision, catch_torch_panic};
 
 /// A loaded text-to-image model.
 #[derive(Debug)]
@@ -27,6 +27,7 @@ pub struct DiffusionEngine {
     model: String,
     files: ModelFiles,
     device: Device,
+    precision: Precision,
     pipeline: Pipeline,
     /// The scale the loaded LoRAs are merged at.
     lora_scale: f64,
@@ -132,15 +133,21 @@ impl ModelFiles {
 }
 
 impl DiffusionEngine {
-    /// Loads the model in folder `dir` (model id `model`) onto `device`.
-    pub fn load(model: &str, dir: &Path, device: Device) -> Result<Self, EngineError> {
+    /// Loads the model in folder `dir` (model id `model`) onto `device` in `precision`.
+    pub fn load(
+        model: &str,
+        dir: &Path,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self, EngineError> {
         let files = ModelFiles::detect(dir)
             .map_err(|e| EngineError::Agent(format!("cannot load model `{model}`: {e}")))?;
-        let pipeline = load_pipeline(model, &files, device, DEFAULT_LORA_SCALE)?;
+        let pipeline = load_pipeline(model, &files, device, precision, DEFAULT_LORA_SCALE)?;
         Ok(Self {
             model: model.to_owned(),
             files,
             device,
+            precision,
             pipeline,
             lora_scale: DEFAULT_LORA_SCALE,
         })
@@ -155,7 +162,8 @@ impl DiffusionEngine {
         if scale == self.lora_scale {
             return Ok(());
         }
-        self.pipeline = load_pipeline(&self.model, &self.files, self.device, scale)?;
+        self.pipeline =
+            load_pipeline(&self.model, &self.files, self.device, self.precision, scale)?;
         self.lora_scale = scale;
         Ok(())
     }
@@ -250,16 +258,17 @@ fn load_pipeline(
     model: &str,
     files: &ModelFiles,
     device: Device,
+    precision: Precision,
     lora_scale: f64,
 ) -> Result<Pipeline, EngineError> {
+    let sd = Placement::for_device(device).with_precision(precision);
+    let flux = Placement::for_flux(device).with_precision(precision);
     let loaded = catch_torch_panic("loading the weights", || match files {
         ModelFiles::Diffusers(dir) if is_flux_folder(dir) => {
-            FluxPipeline::load_diffusers(dir, Placement::for_flux(device))
-                .map(|p| Pipeline::Flux(Box::new(p)))
+            FluxPipeline::load_diffusers(dir, flux).map(|p| Pipeline::Flux(Box::new(p)))
         }
         ModelFiles::Diffusers(dir) => {
-            SdPipeline::load_diffusers(dir, Placement::for_device(device))
-                .map(|p| Pipeline::Sd(Box::new(p)))
+            SdPipeline::load_diffusers(dir, sd).map(|p| Pipeline::Sd(Box::new(p)))
         }
         ModelFiles::SingleFile {
             checkpoint,
@@ -277,12 +286,8 @@ fn load_pipeline(
                 }
                 let folder = checkpoint.parent().unwrap_or(Path::new("."));
                 let t5 = folder.join("tokenizer_2/tokenizer.json");
-                return FluxPipeline::load_single_file(
-                    checkpoint,
-                    &t5,
-                    Placement::for_flux(device),
-                )
-                .map(|p| Pipeline::Flux(Box::new(p)));
+                return FluxPipeline::load_single_file(checkpoint, &t5, flux)
+                    .map(|p| Pipeline::Flux(Box::new(p)));
             }
             drop(weights);
             let parsed = loras
@@ -292,13 +297,8 @@ fn load_pipeline(
                 .map_err(|e| PipelineError::Format(e.to_string()))?;
             let with_scale: Vec<(&LoraFile, f64)> =
                 parsed.iter().map(|lora| (lora, lora_scale)).collect();
-            SdPipeline::load_single_file(
-                checkpoint,
-                config_dir.as_deref(),
-                &with_scale,
-                Placement::for_device(device),
-            )
-            .map(|p| Pipeline::Sd(Box::new(p)))
+            SdPipeline::load_single_file(checkpoint, config_dir.as_deref(), &with_scale, sd)
+                .map(|p| Pipeline::Sd(Box::new(p)))
         }
     })?;
     loaded.map_err(|e| EngineError::Agent(format!("cannot load model `{model}`: {e}")))

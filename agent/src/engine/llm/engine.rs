@@ -4,7 +4,8 @@
 //! prompt through the decoder in one prefill pass (filling a KV cache sized for the whole
 //! sequence), then decodes one token per step: sample, detokenize incrementally, check stop
 //! strings, stream the text that is certain. It ends at an end-of-sequence token, a stop
-//! string, or `max_tokens`.
+//! string, or `max_tokens`. A review job (`LlmScore`) scores another agent's completion
+//! instead (see `score.rs`).
 
 use std::path::Path;
 
@@ -16,9 +17,10 @@ use tch::{Device, Kind};
 use super::LlmError;
 use super::config::ModelConfig;
 use super::model::Transformer;
-use super::sampling::{Sampler, StopMatcher};
+use super::sampling::Sampler;
+use super::text::CompletionText;
 use super::tokenizer::TextTokenizer;
-use crate::engine::{CancelToken, Engine, EngineError, EngineEvent};
+use crate::engine::{CancelToken, Engine, EngineError, EngineEvent, Precision};
 
 /// Completion length when the request sets no `max_tokens`.
 const DEFAULT_MAX_TOKENS: usize = 4096;
@@ -40,12 +42,14 @@ pub struct Completion {
     pub finish_reason: &'static str,
 }
 
-/// The libtorch device and dtype for an agent device: bf16 on CUDA, f32 on the CPU.
-pub fn placement(device: &GpuInfo) -> (Device, Kind) {
-    match device.kind {
+/// The libtorch device and dtype for an agent device: what `precision` forces, else bf16 on
+/// CUDA and f32 on the CPU.
+pub fn placement(device: &GpuInfo, precision: Precision) -> (Device, Kind) {
+    let (torch_device, default) = match device.kind {
         DeviceKind::Cuda => (Device::Cuda(device.index as usize), Kind::BFloat16),
         DeviceKind::Cpu => (Device::Cpu, Kind::Float),
-    }
+    };
+    (torch_device, precision.kind().unwrap_or(default))
 }
 
 impl LlmEngine {
@@ -79,6 +83,13 @@ impl LlmEngine {
         &self.model
     }
 
+    /// The prompt ids of a request: its conversation in the model's chat template.
+    pub(super) fn encode_prompt(&self, params: &LlmParams) -> Result<Vec<u32>, EngineError> {
+        self.tokenizer
+            .encode_chat(&params.messages)
+            .map_err(|e| EngineError::InvalidParams(e.to_string()))
+    }
+
     /// Runs a chat request; `on_text` receives the completion as it is produced.
     pub fn generate(
         &self,
@@ -86,10 +97,7 @@ impl LlmEngine {
         cancel: &CancelToken,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Completion, EngineError> {
-        let prompt = self
-            .tokenizer
-            .encode_chat(&params.messages)
-            .map_err(|e| EngineError::InvalidParams(e.to_string()))?;
+        let prompt = self.encode_prompt(params)?;
         let room = self.model.max_positions().saturating_sub(prompt.len());
         if room == 0 {
             return Err(EngineError::InvalidParams(format!(
@@ -123,8 +131,7 @@ impl LlmEngine {
     ) -> Result<Completion, EngineError> {
         let mut cache = self.model.new_cache(prompt.len() + max_new);
         let mut sampler = Sampler::new(params);
-        let mut stops = StopMatcher::new(&params.stop);
-        let mut decoder = self.tokenizer.incremental();
+        let mut out = CompletionText::new(&self.tokenizer, &params.stop);
         let mut text = String::new();
         let mut emit = |piece: &str, text: &mut String| {
             if !piece.is_empty() {
@@ -132,6 +139,7 @@ impl LlmEngine {
                 on_text(piece);
             }
         };
+        let transient = |e: super::tokenizer::TextError| EngineError::Transient(e.to_string());
         let mut logits = self.model.forward(prompt, &mut cache, false);
         let mut ids = Vec::with_capacity(max_new);
         let mut finish_reason = "length";
@@ -149,10 +157,7 @@ impl LlmEngine {
                 finish_reason = "stop";
                 break;
             }
-            let piece = decoder
-                .push(id)
-                .map_err(|e| EngineError::Transient(e.to_string()))?;
-            let step = stops.push(&piece);
+            let step = out.push(id).map_err(transient)?;
             emit(&step.emit, &mut text);
             if step.stopped {
                 finish_reason = "stop";
@@ -162,17 +167,10 @@ impl LlmEngine {
                 logits = self.model.forward(&[id], &mut cache, false);
             }
         }
-        if !stops.stopped() {
-            let rest = decoder
-                .finish()
-                .map_err(|e| EngineError::Transient(e.to_string()))?;
-            let step = stops.push(&rest);
-            emit(&step.emit, &mut text);
-            if step.stopped {
-                finish_reason = "stop";
-            } else {
-                emit(&stops.finish(), &mut text);
-            }
+        let last = out.finish().map_err(transient)?;
+        emit(&last.emit, &mut text);
+        if last.stopped {
+            finish_reason = "stop";
         }
         Ok(Completion {
             text,
@@ -193,8 +191,10 @@ impl Engine for LlmEngine {
         cancel: &CancelToken,
         events: &mut dyn FnMut(EngineEvent),
     ) -> Result<JobOutput, EngineError> {
-        let JobParams::Llm(params) = &job.params else {
-            return Err(EngineError::wrong_params(job, ModelKind::Llm));
+        let params = match &job.params {
+            JobParams::Llm(params) => params,
+            JobParams::LlmScore(params) => return Ok(self.score(params, cancel)?.into()),
+            _ => return Err(EngineError::wrong_params(job, ModelKind::Llm)),
         };
         let mut index = 0u32;
         let completion = self.generate(params, cancel, &mut |piece| {

@@ -1,14 +1,17 @@
 //! The LLM engine: Llama 3, Mistral and Mixtral (dense or GPTQ 4-bit) decoders on libtorch,
-//! loaded from a Hugging Face model folder.
+//! loaded from a Hugging Face model folder. It generates completions, and on a validator
+//! scores other agents' completions token by token for review (`score`).
 
 pub mod config;
 mod engine;
 mod gptq;
 pub mod model;
 pub mod sampling;
+mod score;
 pub mod synth;
 pub mod synth_tokenizer;
 pub mod template;
+pub mod text;
 pub mod tokenizer;
 pub mod weights;
 
@@ -59,3 +62,4 @@ impl LlmError {
 }
 
 pub use engine::{Completion, LlmEngine, placement};
+pub use score::{GREEDY_TIE_TOLERANCE, ScoredCompletion};

@@ -1,10 +1,11 @@
-//! Choosing the next token from the model's logits, and stopping at stop strings.
+//! Choosing the next token from the model's logits.
 //!
 //! [`Sampler`] is reproducible: the same logits, parameters and seed give the same tokens on
 //! any machine (a `ChaCha8Rng` seeded from the request's seed, one draw per sampled token,
 //! candidates ordered by logit then id, arithmetic in `f64` with a fixed summation order and
-//! an `exp` of its own instead of the C library's). [`StopMatcher`] cuts the
-//! streamed text before the first stop string without ever emitting part of one.
+//! an `exp` of its own instead of the C library's). The distribution a token is drawn from
+//! ([`Support`]) is also what review scores a completion against, so temperature, top-k and
+//! top-p have one implementation for both.
 
 use infermine_protocol::LlmParams;
 use rand::{Rng, SeedableRng};
@@ -39,24 +40,31 @@ pub enum SampleError {
 /// Picks tokens from logits with the request's temperature, top-k, top-p and seed.
 #[derive(Clone)]
 pub struct Sampler {
-    temperature: f32,
-    top_p: f32,
-    top_k: u32,
+    filter: Filter,
     rng: ChaCha8Rng,
-    /// Per-token buffers kept between calls (a vocabulary's worth: allocating them anew for
-    /// every token costs page faults).
-    weights: Vec<f64>,
-    candidates: Vec<Candidate>,
 }
 
 impl std::fmt::Debug for Sampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sampler")
-            .field("temperature", &self.temperature)
-            .field("top_p", &self.top_p)
-            .field("top_k", &self.top_k)
+            .field("temperature", &self.filter.temperature)
+            .field("top_p", &self.filter.top_p)
+            .field("top_k", &self.filter.top_k)
             .finish_non_exhaustive()
     }
+}
+
+/// The request's temperature, top-k and top-p, and the buffers that turn one row of logits
+/// into the distribution they define.
+#[derive(Clone)]
+struct Filter {
+    temperature: f32,
+    top_p: f32,
+    top_k: u32,
+    /// Per-token buffers kept between calls (a vocabulary's worth: allocating them anew for
+    /// every token costs page faults).
+    weights: Vec<f64>,
+    candidates: Vec<Candidate>,
 }
 
 /// One candidate token: its id and its logit.
@@ -72,6 +80,130 @@ fn by_rank(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
     b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id))
 }
 
+/// The rank of token `id` in `logits` under the sampler's order (highest logit first, equal
+/// logits by lowest id): 0 for the token greedy decoding takes.
+///
+/// # Panics
+/// When `id` is not an index of `logits`.
+pub fn token_rank(logits: &[f32], id: u32) -> u32 {
+    let me = Candidate {
+        id,
+        logit: logits[id as usize],
+    };
+    let ahead = logits
+        .iter()
+        .zip(0u32..)
+        .filter(|&(&logit, other)| by_rank(&Candidate { id: other, logit }, &me).is_lt())
+        .count();
+    u32::try_from(ahead).unwrap_or(u32::MAX)
+}
+
+/// The distribution of one token under a request's sampling settings, for one row of
+/// logits: the tokens temperature, top-k and top-p leave, with their weights.
+#[derive(Debug, Clone, Copy)]
+pub struct Support<'a>(Repr<'a>);
+
+#[derive(Debug, Clone, Copy)]
+enum Repr<'a> {
+    /// Greedy decoding: this token, without a draw.
+    Point(u32),
+    /// Every token, `weights` by id (0 for those without a chance); `total` is their sum.
+    All { weights: &'a [f64], total: f64 },
+    /// The best tokens in rank order; a token's weight is `weights[id]` when `by_id`, else
+    /// `weights[rank]`; `total` is their sum in rank order.
+    Ranked {
+        kept: &'a [Candidate],
+        weights: &'a [f64],
+        by_id: bool,
+        total: f64,
+    },
+}
+
+impl<'a> Support<'a> {
+    /// The token greedy decoding takes, when this is greedy decoding (certain, no draw).
+    pub fn point(&self) -> Option<u32> {
+        match self.0 {
+            Repr::Point(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Every token that can be drawn, with its probability (positive; they sum to one up to
+    /// rounding).
+    pub fn tokens(&self) -> Box<dyn Iterator<Item = (u32, f64)> + 'a> {
+        match self.0 {
+            Repr::Point(id) => Box::new(std::iter::once((id, 1.0))),
+            Repr::All { weights, total } => Box::new(
+                weights
+                    .iter()
+                    .zip(0u32..)
+                    .filter(|&(&w, _)| w > 0.0)
+                    .map(move |(&w, id)| (id, w / total)),
+            ),
+            Repr::Ranked {
+                kept,
+                weights,
+                by_id,
+                total,
+            } => Box::new(
+                ranked(kept, weights, by_id)
+                    .filter(|&(_, w)| w > 0.0)
+                    .map(move |(id, w)| (id, w / total)),
+            ),
+        }
+    }
+
+    /// The probability of drawing token `id` (0 for tokens outside the support).
+    pub fn probability(&self, id: u32) -> f64 {
+        match self.0 {
+            Repr::Point(point) => f64::from(u8::from(point == id)),
+            Repr::All { weights, total } => weights.get(id as usize).map_or(0.0, |&w| w / total),
+            Repr::Ranked {
+                kept,
+                weights,
+                by_id,
+                total,
+            } => ranked(kept, weights, by_id)
+                .find(|&(candidate, _)| candidate == id)
+                .map_or(0.0, |(_, w)| w / total),
+        }
+    }
+
+    /// Draws a token with one draw from `rng`; greedy decoding draws nothing.
+    fn draw(&self, rng: &mut ChaCha8Rng) -> u32 {
+        match self.0 {
+            Repr::Point(id) => id,
+            Repr::All { weights, total } => {
+                // Every token, in id order: no sort at all.
+                let target = rng.random::<f64>() * total;
+                u32::try_from(find_by_id(weights, target)).unwrap_or(u32::MAX)
+            }
+            Repr::Ranked {
+                kept,
+                weights,
+                by_id,
+                total,
+            } => draw(rng, ranked(kept, weights, by_id), total),
+        }
+    }
+}
+
+/// `(id, weight)` of ranked candidates: weights by id, or parallel to the candidates.
+fn ranked<'a>(
+    kept: &'a [Candidate],
+    weights: &'a [f64],
+    by_id: bool,
+) -> impl Iterator<Item = (u32, f64)> + 'a {
+    kept.iter().enumerate().map(move |(rank, c)| {
+        let w = if by_id {
+            weights[c.id as usize]
+        } else {
+            weights[rank]
+        };
+        (c.id, w)
+    })
+}
+
 impl Sampler {
     /// A sampler for a request's `temperature`, `top_p`, `top_k` and `seed`.
     pub fn new(params: &LlmParams) -> Self {
@@ -83,18 +215,20 @@ impl Sampler {
     /// off.
     pub fn with(temperature: f32, top_p: f32, top_k: u32, seed: u64) -> Self {
         Self {
-            temperature,
-            top_p,
-            top_k,
+            filter: Filter {
+                temperature,
+                top_p,
+                top_k,
+                weights: Vec::new(),
+                candidates: Vec::new(),
+            },
             rng: ChaCha8Rng::seed_from_u64(seed),
-            weights: Vec::new(),
-            candidates: Vec::new(),
         }
     }
 
     /// Whether this sampler always takes the most likely token (and draws nothing).
     pub fn is_greedy(&self) -> bool {
-        self.temperature.is_nan() || self.temperature < GREEDY_TEMPERATURE
+        self.filter.is_greedy()
     }
 
     /// The next token for these logits (one per vocabulary entry). Greedy decoding takes the
@@ -104,9 +238,32 @@ impl Sampler {
     /// drawn from what is left with one draw from the seeded generator (greedy decoding
     /// draws nothing).
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32, SampleError> {
+        self.sample_with_support(logits).map(|(id, _)| id)
+    }
+
+    /// [`Self::sample`], also returning the distribution the token was drawn from. Advances
+    /// the generator exactly as `sample` does, so replaying a completion's rows through one
+    /// sampler reproduces the draws that made it.
+    pub fn sample_with_support(
+        &mut self,
+        logits: &[f32],
+    ) -> Result<(u32, Support<'_>), SampleError> {
+        let Self { filter, rng } = self;
+        let support = filter.support(logits)?;
+        Ok((support.draw(rng), support))
+    }
+}
+
+impl Filter {
+    fn is_greedy(&self) -> bool {
+        self.temperature.is_nan() || self.temperature < GREEDY_TEMPERATURE
+    }
+
+    /// The distribution these settings give `logits`.
+    fn support(&mut self, logits: &[f32]) -> Result<Support<'_>, SampleError> {
         let max = check(logits)?;
         if self.is_greedy() || self.top_k == 1 {
-            return Ok(argmax(logits, max));
+            return Ok(Support(Repr::Point(argmax(logits, max))));
         }
         let inv_t = 1.0 / f64::from(self.temperature);
         let max = f64::from(max);
@@ -118,7 +275,6 @@ impl Sampler {
         let n = logits.len();
         let k = usize::try_from(self.top_k).unwrap_or(usize::MAX);
         let Self {
-            rng,
             weights,
             candidates,
             ..
@@ -131,18 +287,17 @@ impl Sampler {
                 *w = weight(l);
             }
             let total = total_weight(weights);
-            if nucleus {
-                return Ok(sample_nucleus(
-                    rng,
-                    logits,
-                    weights,
-                    candidates,
-                    total * top_p,
-                ));
+            if !nucleus {
+                return Ok(Support(Repr::All { weights, total }));
             }
-            // Every token, in id order: no sort at all.
-            let target = rng.random::<f64>() * total;
-            return Ok(u32::try_from(find_by_id(weights, target)).unwrap_or(u32::MAX));
+            let keep = nucleus_prefix(logits, weights, candidates, total * top_p);
+            let kept = &candidates[..keep];
+            return Ok(Support(Repr::Ranked {
+                kept,
+                weights,
+                by_id: true,
+                total: ranked(kept, weights, true).map(|(_, w)| w).sum(),
+            }));
         }
 
         // Top-k: select the k best in O(n), then order only those.
@@ -158,20 +313,25 @@ impl Sampler {
         } else {
             weights.len()
         };
-        Ok(draw(rng, candidates[..keep].iter().zip(&weights[..keep])))
+        Ok(Support(Repr::Ranked {
+            kept: &candidates[..keep],
+            weights: &weights[..keep],
+            by_id: false,
+            total: weights[..keep].iter().sum(),
+        }))
     }
 }
 
 /// Top-p over the whole vocabulary (`weights` by id): orders the best tokens in growing
 /// chunks (each selected in O(n), then sorted) until they hold `target` of the weight, so a
-/// full sort happens only for flat distributions.
-fn sample_nucleus(
-    rng: &mut ChaCha8Rng,
+/// full sort happens only for flat distributions. Returns how many lead `candidates`, in
+/// rank order.
+fn nucleus_prefix(
     logits: &[f32],
     weights: &[f64],
     candidates: &mut Vec<Candidate>,
     target: f64,
-) -> u32 {
+) -> usize {
     let weight_of = |c: &Candidate| weights[c.id as usize];
     fill_candidates(candidates, logits);
     let n = candidates.len();
@@ -186,11 +346,10 @@ fn sample_nucleus(
             rest.select_nth_unstable_by(chunk - 1, by_rank);
         }
         rest[..chunk].sort_unstable_by(by_rank);
-        for i in sorted..end {
-            cum += weight_of(&candidates[i]);
+        for (i, c) in candidates.iter().enumerate().take(end).skip(sorted) {
+            cum += weight_of(c);
             if cum >= target || i + 1 == n {
-                let kept = &candidates[..=i];
-                return draw(rng, kept.iter().map(|c| (c, &weights[c.id as usize])));
+                return i + 1;
             }
         }
         sorted = end;
@@ -239,21 +398,18 @@ fn find_by_id(weights: &[f64], target: f64) -> usize {
     weights.iter().rposition(|&w| w > 0.0).unwrap_or(0)
 }
 
-/// Draws one candidate in proportion to its weight (not all zero), with one draw.
-fn draw<'a>(
-    rng: &mut ChaCha8Rng,
-    candidates: impl Iterator<Item = (&'a Candidate, &'a f64)> + Clone,
-) -> u32 {
-    let total: f64 = candidates.clone().map(|(_, w)| w).sum();
+/// Draws one of `candidates` (weights not all zero, summing to `total`) in proportion to its
+/// weight, with one draw.
+fn draw(rng: &mut ChaCha8Rng, candidates: impl Iterator<Item = (u32, f64)>, total: f64) -> u32 {
     let target = rng.random::<f64>() * total;
     let mut cum = 0.0;
     let mut last = None;
-    for (c, &w) in candidates {
+    for (id, w) in candidates {
         if w > 0.0 {
-            last = Some(c.id);
+            last = Some(id);
             cum += w;
             if cum > target {
-                return c.id;
+                return id;
             }
         }
     }
@@ -383,100 +539,6 @@ pub fn token_logprob(logits: &[f32], id: u32) -> f32 {
         sum += chunk_sum(&buf[..chunk.len()]);
     }
     (f64::from(logit) - max - sum.ln()) as f32
-}
-
-/// What [`StopMatcher::push`] decided about a piece of streamed text.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct StopStep {
-    /// Text that is now safe to send: it is not, and cannot become, part of a stop string.
-    pub emit: String,
-    /// A stop string was reached: generation ends, and `emit` is the last text.
-    pub stopped: bool,
-}
-
-/// Finds stop strings in text that arrives in pieces. Text that could still turn into a stop
-/// string is held back; text that turns out to be one is never emitted.
-#[derive(Debug, Clone)]
-pub struct StopMatcher {
-    stops: Vec<String>,
-    held: String,
-    stopped: bool,
-}
-
-impl StopMatcher {
-    /// A matcher for these stop strings; empty ones are ignored.
-    pub fn new(stops: &[String]) -> Self {
-        Self {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
-            held: String::new(),
-            stopped: false,
-        }
-    }
-
-    /// Whether a stop string has been reached.
-    pub fn stopped(&self) -> bool {
-        self.stopped
-    }
-
-    /// Takes the next piece of text. Emits what is certain not to be part of a stop string;
-    /// on a stop string, emits the text before it and reports `stopped` (later pieces are
-    /// ignored).
-    pub fn push(&mut self, piece: &str) -> StopStep {
-        if self.stopped {
-            return StopStep {
-                emit: String::new(),
-                stopped: true,
-            };
-        }
-        if self.stops.is_empty() {
-            return StopStep {
-                emit: piece.to_owned(),
-                stopped: false,
-            };
-        }
-        self.held.push_str(piece);
-        // The leftmost complete stop string wins.
-        let first = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min();
-        if let Some(start) = first {
-            self.stopped = true;
-            let mut emit = std::mem::take(&mut self.held);
-            emit.truncate(start);
-            return StopStep {
-                emit,
-                stopped: true,
-            };
-        }
-        // Hold back the longest suffix that some stop string starts with.
-        let hold_from = self
-            .held
-            .char_indices()
-            .map(|(i, _)| i)
-            .find(|&i| {
-                let tail = &self.held[i..];
-                self.stops.iter().any(|s| s.starts_with(tail))
-            })
-            .unwrap_or(self.held.len());
-        let rest = self.held.split_off(hold_from);
-        let emit = std::mem::replace(&mut self.held, rest);
-        StopStep {
-            emit,
-            stopped: false,
-        }
-    }
-
-    /// The end of the stream: the text held back (it never became a stop string); empty
-    /// after a stop.
-    pub fn finish(self) -> String {
-        if self.stopped {
-            String::new()
-        } else {
-            self.held
-        }
-    }
 }
 
 #[cfg(test)]

@@ -92,12 +92,24 @@ fn spec(id: &str) -> Option<Spec> {
 /// [`crate::engine::demo::synth`]).
 pub fn files(id: &str) -> Result<Vec<(String, Vec<u8>)>, SynthError> {
     let spec = spec(id).ok_or_else(|| SynthError::UnknownModel(id.to_owned()))?;
+    spec_files(&spec)
+}
+
+/// The files of demo model `id` with its weights drawn from `seed` instead of its own: the
+/// same architecture and tokenizer, another model (review tests score one's completions
+/// under the other).
+pub fn files_with_seed(id: &str, seed: u64) -> Result<Vec<(String, Vec<u8>)>, SynthError> {
+    let spec = spec(id).ok_or_else(|| SynthError::UnknownModel(id.to_owned()))?;
+    spec_files(&Spec { seed, ..spec })
+}
+
+fn spec_files(spec: &Spec) -> Result<Vec<(String, Vec<u8>)>, SynthError> {
     let tokenizer = synth_tokenizer(spec.style, VOCAB)
         .map_err(|e| SynthError::Build(format!("tokenizer: {e}")))?;
     Ok(vec![
         (
             "config.json".to_owned(),
-            config_json(&spec, tokenizer.bos_id, tokenizer.eos_id),
+            config_json(spec, tokenizer.bos_id, tokenizer.eos_id),
         ),
         (
             "tokenizer.json".to_owned(),
@@ -111,7 +123,7 @@ pub fn files(id: &str) -> Result<Vec<(String, Vec<u8>)>, SynthError> {
             "generation_config.json".to_owned(),
             tokenizer.generation_config_json.into_bytes(),
         ),
-        ("model.safetensors".to_owned(), weights(&spec)?),
+        ("model.safetensors".to_owned(), weights(spec)?),
     ])
 }
 

@@ -29,6 +29,7 @@ use super::t5::T5Error;
 use super::unet::UNetError;
 use super::vae::{VaeDecoder, VaeError, to_rgb8};
 use super::weights::WeightsError;
+use crate::engine::Precision;
 use crate::engine::llm::weights::Weights;
 
 /// What to render.
@@ -135,6 +136,14 @@ impl Placement {
             Kind::Float
         };
         Self { device, kind }
+    }
+
+    /// This placement in the kind `precision` forces, if it forces one.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self {
+            kind: precision.kind().unwrap_or(self.kind),
+            ..self
+        }
     }
 }
 
