@@ -138,21 +138,15 @@ impl Reviewer {
             store::claim(&db, &review).await?;
             return Ok(());
         };
-        if let Some(failure) = self.latency_check(&job) {
-            review.status = ReviewStatus::Failed;
-            review.reason = failure.check.as_str();
-            review.verdict = Some(Value::Object(failure.evidence.clone()));
-            if store::claim(&db, &review).await? {
-                store::update_trust(&db, &miner_id, TrustEvent::Failed).await?;
-                self.open_case(&job.id, &miner_id, &wallet, &job.model, failure)
-                    .await?;
+        // The cheap checks every result gets.
+        let failure = match self.latency_check(&job) {
+            Some(failure) => Some(failure),
+            None => {
+                self.throughput_check(&job, &params, &output, &miner_id)
+                    .await?
             }
-            return Ok(());
-        }
-        if let Some(failure) = self
-            .throughput_check(&job, &params, &output, &miner_id)
-            .await?
-        {
+        };
+        if let Some(failure) = failure {
             review.status = ReviewStatus::Failed;
             review.reason = failure.check.as_str();
             review.verdict = Some(Value::Object(failure.evidence.clone()));
