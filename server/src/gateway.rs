@@ -27,6 +27,7 @@ use crate::auth::{AuthError, MinerIdentity};
 use crate::dispatch::{Outbound, SessionId, SlotSpec};
 use crate::jobs::Refusal;
 use crate::miners;
+use crate::review::{challenge, probation};
 
 /// How long a new connection has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,8 +96,23 @@ where
         return;
     }
     let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+    let challenged: Vec<(String, Vec<String>)> = slots
+        .iter()
+        .filter(|slot| !slot.validator && state.config.review.challenge_on_connect)
+        .map(|slot| {
+            let models = slot.models.iter().map(|(m, _)| m.clone()).collect();
+            (slot.miner_id.clone(), models)
+        })
+        .collect();
     state.dispatcher.agent_joined(session, tx.clone(), slots);
     state.online.joined(session, &tx, &miner_ids);
+    for (miner_id, models) in &challenged {
+        let issued =
+            challenge::issue(&state, session, &tx, miner_id, &identity.wallet, models).await;
+        if let Err(e) = issued {
+            tracing::warn!(%session, %miner_id, error = %e, "could not send a model-file challenge");
+        }
+    }
     tracing::info!(%session, wallet = %identity.wallet, rig = %identity.name, "agent connected");
 
     let heartbeat = Duration::from_secs(state.config.heartbeat_interval_s);
@@ -216,6 +232,12 @@ where
         .map_err(unavailable)?;
     for slot in &mut slots {
         slot.validator = validators.contains(&slot.miner_id);
+        if !slot.validator {
+            let models: Vec<String> = slot.models.iter().map(|(m, _)| m.clone()).collect();
+            slot.probation = probation::probation_for(state, &slot.miner_id, &models)
+                .await
+                .map_err(unavailable)?;
+        }
     }
     let served: Vec<(String, Vec<String>)> = slots
         .iter()
@@ -281,6 +303,7 @@ fn plan_slots(
             miner_id: identity.miner_id(gpu.index),
             models,
             validator: false,
+            probation: None,
         });
     }
     Ok(slots)
@@ -458,9 +481,15 @@ fn handle(
                 tracing::trace!(%session, %job, index, "token not passed on");
             }
         }
-        AgentMessage::Accepted { .. }
-        | AgentMessage::Heartbeat { .. }
-        | AgentMessage::Proof { .. } => {}
+        AgentMessage::Proof { id, sha256, error } => {
+            let state = state.clone();
+            reports.spawn(async move {
+                if let Err(e) = challenge::answered(&state, session, id, sha256, error).await {
+                    tracing::warn!(%session, challenge = id, error = %e, "could not judge a challenge's proof");
+                }
+            });
+        }
+        AgentMessage::Accepted { .. } | AgentMessage::Heartbeat { .. } => {}
     }
     None
 }

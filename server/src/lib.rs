@@ -88,6 +88,8 @@ pub struct AppState {
     pub storage: storage::Storage,
     /// Miners connected right now.
     pub online: Arc<miners::Online>,
+    /// Model-file challenges waiting for answers.
+    pub challenges: Arc<review::challenge::Challenges>,
     /// Rate limit buckets of the public routes.
     pub limiters: Arc<limits::Limiters>,
     /// Flips to true when the coordinator starts shutting down; agent sessions then close.
@@ -295,6 +297,7 @@ pub async fn run(
         dispatcher: dispatcher.clone(),
         storage: storage.clone(),
         online: Arc::default(),
+        challenges: Arc::default(),
         limiters: limits::Limiters::new(&config.rate_limits),
         closing,
     };

@@ -117,6 +117,23 @@ fn cheat_agent_binary() -> PathBuf {
     let release = dir.file_name().is_some_and(|name| name == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut build = std::process::Command::new(cargo);
+    // The variables cargo sets for this test would look like a changed environment to build
+    // scripts that watch them (ring watches CARGO_MANIFEST_DIR) and rebuild half the tree.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let per_crate = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ];
+        if per_crate.iter().any(|prefix| name.starts_with(prefix)) {
+            build.env_remove(name.as_ref());
+        }
+    }
     build.args([
         "build",
         "-p",
@@ -253,9 +270,6 @@ fn job(n: u64) -> (&'static str, Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "cheats that finish jobs faster than the validator re-executes them complete up to \
-            ~50 jobs before their second failed audit returns; new GPUs need a probation limit \
-            on unaudited jobs first. Run with `-- --ignored`."]
 async fn cheater_lab() {
     let started = Instant::now();
     let cheat_binary = cheat_agent_binary();
@@ -504,6 +518,21 @@ async fn cheater_lab() {
     for m in &honest {
         if let Some(c) = cases.get(&m.miner_id) {
             report!("cheater-lab: honest {} has cases {:?}", m.name, c.checks);
+            for figures in &c.figures {
+                report!("cheater-lab:   evidence {figures}");
+            }
+        }
+    }
+    for m in &honest {
+        let shares = seeded_shares(&db, &m.miner_id).await;
+        if !shares.is_empty() {
+            let mean = shares.iter().sum::<f64>() / shares.len() as f64;
+            let min = shares.iter().copied().fold(f64::INFINITY, f64::min);
+            report!(
+                "cheater-lab: {} LLM audits of {}: seeded share mean {mean:.3}, min {min:.3}",
+                shares.len(),
+                m.name
+            );
         }
     }
     let (steady_jobs, steady_audits) = steady_state(&db, &honest).await;
@@ -570,23 +599,31 @@ async fn suspended(db: &Pool) -> Vec<String> {
 
 struct Cases {
     checks: Vec<String>,
+    /// Each case's evidence, less bulky per-token scores.
+    figures: Vec<Value>,
     slashed_at: Option<i64>,
 }
 
 async fn cases_by_miner(db: &Pool) -> HashMap<String, Cases> {
-    let rows: Vec<(String, String, String, Option<i64>)> = query(
+    let rows: Vec<(String, String, String, Option<i64>, String)> = query(
         db,
-        "SELECT miner_id, check_name, status, decided_ms FROM review_cases ORDER BY id",
+        "SELECT miner_id, check_name, status, decided_ms, evidence FROM review_cases ORDER BY id",
     )
     .await
     .expect("cases");
     let mut by_miner: HashMap<String, Cases> = HashMap::new();
-    for (miner, check, status, decided) in rows {
+    for (miner, check, status, decided, evidence) in rows {
         let entry = by_miner.entry(miner).or_insert(Cases {
             checks: Vec::new(),
+            figures: Vec::new(),
             slashed_at: None,
         });
         entry.checks.push(check);
+        let mut evidence: Value = serde_json::from_str(&evidence).unwrap_or(Value::Null);
+        if let Some(map) = evidence.as_object_mut() {
+            map.remove("token_scores");
+        }
+        entry.figures.push(evidence);
         if status == "slashed" && entry.slashed_at.is_none() {
             entry.slashed_at = decided;
         }
@@ -646,4 +683,21 @@ async fn steady_state(db: &Pool, honest: &[&Miner]) -> (i64, i64) {
         }
     }
     (jobs, audits)
+}
+
+/// The seeded share of each of a GPU's teacher-forced audits.
+async fn seeded_shares(db: &Pool, miner_id: &str) -> Vec<f64> {
+    let rows: Vec<(Option<String>,)> = query(
+        db,
+        &format!(
+            "SELECT verdict FROM reviews WHERE miner_id = '{miner_id}' \
+             AND status IN ('passed', 'failed')"
+        ),
+    )
+    .await
+    .expect("verdicts");
+    rows.into_iter()
+        .filter_map(|(verdict,)| serde_json::from_str::<Value>(&verdict?).ok())
+        .filter_map(|v| v["score"]["seeded_share"].as_f64())
+        .collect()
 }

@@ -17,6 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+mod probation;
+use probation::Allowance;
+pub use probation::Probation;
+
 /// An agent's WebSocket session.
 pub type SessionId = Uuid;
 
@@ -35,6 +39,8 @@ pub struct SlotSpec {
     pub models: Vec<(String, u32)>,
     /// An admin marked this GPU as a trusted validator: it also runs review re-executions.
     pub validator: bool,
+    /// A GPU still earning the reviewer's trust: a cap on its unreviewed work.
+    pub probation: Option<Probation>,
 }
 
 /// A job waiting for a slot.
@@ -131,6 +137,16 @@ enum Command {
         validators_only: bool,
         reply: oneshot::Sender<usize>,
     },
+    Restrict {
+        miner_id: String,
+        probation: Probation,
+    },
+    Grant {
+        miner_id: String,
+    },
+    Lift {
+        miner_id: String,
+    },
 }
 
 /// A cheap handle to the dispatcher task.
@@ -215,6 +231,29 @@ impl Dispatcher {
         self.count_serving(model, true).await
     }
 
+    /// Puts a GPU on probation (or renews it): it may have at most `probation.limit` jobs
+    /// running or awaiting review at once.
+    pub fn restrict(&self, miner_id: &str, probation: Probation) {
+        self.send(Command::Restrict {
+            miner_id: miner_id.to_owned(),
+            probation,
+        });
+    }
+
+    /// One of a GPU's results on probation was reviewed: it may start one more job.
+    pub fn grant(&self, miner_id: &str) {
+        self.send(Command::Grant {
+            miner_id: miner_id.to_owned(),
+        });
+    }
+
+    /// The GPU earned the reviewer's trust: no more cap.
+    pub fn lift(&self, miner_id: &str) {
+        self.send(Command::Lift {
+            miner_id: miner_id.to_owned(),
+        });
+    }
+
     async fn count_serving(&self, model: &str, validators_only: bool) -> usize {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Serving {
@@ -245,9 +284,18 @@ struct Slot {
     validator: bool,
     running: u32,
     latency_ms: u64,
+    /// While on probation, how many more open-lane jobs it may start.
+    allowance: Option<Allowance>,
 }
 
 impl Slot {
+    /// Whether the slot may start one more job of `lane` now.
+    fn has_room(&self, lane: &Lane, concurrency: u32) -> bool {
+        let (_, validators_only) = lane;
+        self.running < concurrency
+            && (*validators_only || self.allowance.is_none_or(|a| a.left > 0))
+    }
+
     /// The lanes this slot takes jobs from, with its concurrency for each.
     fn lanes(&self) -> impl Iterator<Item = (Lane, u32)> + '_ {
         let lanes: &[bool] = if self.validator {
@@ -267,6 +315,8 @@ impl Slot {
 struct Lease {
     slot: SlotKey,
     deadline: Instant,
+    /// It used up one of the slot's probation allowance.
+    on_probation: bool,
 }
 
 #[derive(Debug)]
@@ -369,6 +419,12 @@ impl<S: AssignSink> State<S> {
                     .count();
                 let _ = reply.send(slots);
             }
+            Command::Restrict {
+                miner_id,
+                probation,
+            } => self.restrict(&miner_id, probation),
+            Command::Grant { miner_id } => self.grant(&miner_id),
+            Command::Lift { miner_id } => self.lift(&miner_id),
         }
     }
 
@@ -407,6 +463,10 @@ impl<S: AssignSink> State<S> {
                 validator: spec.validator,
                 running: 0,
                 latency_ms: 0,
+                allowance: spec
+                    .probation
+                    .filter(|_| !spec.validator)
+                    .map(|p| Allowance::new(p, 0)),
             };
             self.slots.insert(key, slot);
             self.refill(key);
@@ -441,7 +501,7 @@ impl<S: AssignSink> State<S> {
                     .sender
                     .try_send(Outbound::Frame(CoordinatorMessage::Cancel { job }));
             }
-            self.slot_freed(lease.slot, None);
+            self.lease_ended(&lease, None);
             return;
         }
         if self.queued_ids.remove(&job) {
@@ -455,9 +515,9 @@ impl<S: AssignSink> State<S> {
     fn end_lease(&mut self, job: JobId, session: SessionId, latency: Option<Duration>) {
         match self.leases.get(&job) {
             Some(lease) if lease.slot.0 == session => {
-                let slot = lease.slot;
-                self.leases.remove(&job);
-                self.slot_freed(slot, latency);
+                if let Some(lease) = self.leases.remove(&job) {
+                    self.lease_ended(&lease, latency);
+                }
             }
             _ => {}
         }
@@ -483,7 +543,7 @@ impl<S: AssignSink> State<S> {
                     .try_send(Outbound::Frame(CoordinatorMessage::Cancel { job }));
             }
             self.sink.lost(job, lease.slot.0, LostReason::LeaseExpired);
-            self.slot_freed(lease.slot, None);
+            self.lease_ended(&lease, None);
         }
     }
 
@@ -492,12 +552,17 @@ impl<S: AssignSink> State<S> {
             return;
         };
         slot.running += 1;
+        let on_probation = !job.validators_only && slot.allowance.is_some();
+        if let Some(allowance) = slot.allowance.as_mut().filter(|_| on_probation) {
+            allowance.left = allowance.left.saturating_sub(1);
+        }
         let deadline = Instant::now() + job.lease;
         self.leases.insert(
             job.id,
             Lease {
                 slot: key,
                 deadline,
+                on_probation,
             },
         );
         self.deadlines.push(Reverse((deadline, job.id)));
@@ -512,12 +577,21 @@ impl<S: AssignSink> State<S> {
         self.sink.assign(assignment);
     }
 
-    fn slot_freed(&mut self, key: SlotKey, latency: Option<Duration>) {
+    /// A lease ended: `latency` is set when a result came back. A job on probation that
+    /// brought no result will never be reviewed, so its allowance comes back now.
+    fn lease_ended(&mut self, lease: &Lease, latency: Option<Duration>) {
+        let key = lease.slot;
         self.set_idle(key, false);
         let Some(slot) = self.slots.get_mut(&key) else {
             return;
         };
         slot.running = slot.running.saturating_sub(1);
+        if lease.on_probation
+            && latency.is_none()
+            && let Some(allowance) = slot.allowance.as_mut()
+        {
+            allowance.give_back(slot.running);
+        }
         if let Some(latency) = latency {
             // Exponentially weighted, so one slow job does not banish a fast GPU.
             let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
@@ -538,7 +612,7 @@ impl<S: AssignSink> State<S> {
             };
             let oldest = slot
                 .lanes()
-                .filter(|(_, concurrency)| slot.running < *concurrency)
+                .filter(|(lane, concurrency)| slot.has_room(lane, *concurrency))
                 .filter_map(|(lane, _)| {
                     let arrival = self.queues.get(&lane)?.front()?.0;
                     Some((arrival, lane))
@@ -567,7 +641,7 @@ impl<S: AssignSink> State<S> {
         let entry = (slot.latency_ms, key);
         for (lane, concurrency) in slot.lanes() {
             if insert {
-                if slot.running < concurrency && !self.draining {
+                if slot.has_room(&lane, concurrency) && !self.draining {
                     self.idle.entry(lane).or_default().insert(entry);
                 }
             } else if let Some(set) = self.idle.get_mut(&lane) {

@@ -70,10 +70,41 @@ fn join(
             miner_id: format!("m-gpu{gpu_index}"),
             models: models.iter().map(|m| ((*m).to_owned(), 1)).collect(),
             validator,
+            probation: None,
         })
         .collect();
     dispatcher.agent_joined(session, tx, slots);
     (session, rx)
+}
+
+/// One GPU (`m-gpu0`, running up to `concurrency` jobs at once) on probation.
+fn on_probation(
+    dispatcher: &Dispatcher,
+    concurrency: u32,
+    probation: Probation,
+) -> (SessionId, mpsc::Receiver<Outbound>) {
+    let session = Uuid::now_v7();
+    let (tx, rx) = mpsc::channel(16);
+    let slot = SlotSpec {
+        gpu_index: 0,
+        miner_id: "m-gpu0".to_owned(),
+        models: vec![("m".to_owned(), concurrency)],
+        validator: false,
+        probation: Some(probation),
+    };
+    dispatcher.agent_joined(session, tx, vec![slot]);
+    (session, rx)
+}
+
+/// Assignments made so far, without waiting for more.
+async fn assigned_now(decisions: &mut mpsc::UnboundedReceiver<Decision>) -> Vec<JobId> {
+    let mut ids = vec![];
+    while let Ok(decision) = decisions.try_recv() {
+        if let Decision::Assign(id, ..) = decision {
+            ids.push(id);
+        }
+    }
+    ids
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Decision>) -> Decision {
@@ -267,4 +298,101 @@ async fn review_jobs_go_only_to_validators_which_also_take_open_work() {
         (later.id, validator),
         "the idle validator takes open work"
     );
+}
+
+#[tokio::test]
+async fn a_gpu_on_probation_starts_work_only_as_its_results_are_reviewed() {
+    let (dispatcher, mut decisions) = start();
+    // Up to 4 jobs at once, but on probation with a limit of 3, one of them still unreviewed
+    // from an earlier session: 2 may start.
+    let (session, _rx) = on_probation(
+        &dispatcher,
+        4,
+        Probation {
+            limit: 3,
+            unsettled: 1,
+        },
+    );
+    let jobs: Vec<QueuedJob> = (0..5).map(|_| job("m", 60_000)).collect();
+    for queued in &jobs {
+        dispatcher.enqueue(queued.clone());
+    }
+    dispatcher.snapshot().await;
+    assert_eq!(assigned_now(&mut decisions).await, [jobs[0].id, jobs[1].id]);
+
+    // A result awaits review: nothing new starts. A job that ended without a result gives
+    // its place back.
+    dispatcher.finished(jobs[0].id, session, Some(Duration::from_millis(5)));
+    dispatcher.snapshot().await;
+    assert!(assigned_now(&mut decisions).await.is_empty());
+    dispatcher.finished(jobs[1].id, session, None);
+    dispatcher.snapshot().await;
+    assert_eq!(assigned_now(&mut decisions).await, [jobs[2].id]);
+
+    // Each review grants one more; granting never exceeds the limit.
+    dispatcher.grant("m-gpu0");
+    dispatcher.snapshot().await;
+    assert_eq!(assigned_now(&mut decisions).await, [jobs[3].id]);
+    for _ in 0..5 {
+        dispatcher.grant("m-gpu0");
+    }
+    dispatcher.snapshot().await;
+    assert_eq!(
+        assigned_now(&mut decisions).await,
+        [jobs[4].id],
+        "two running: one more fits under the limit of 3"
+    );
+    let more: Vec<QueuedJob> = (0..3).map(|_| job("m", 60_000)).collect();
+    for queued in &more {
+        dispatcher.enqueue(queued.clone());
+    }
+    dispatcher.snapshot().await;
+    assert!(assigned_now(&mut decisions).await.is_empty());
+
+    // Lifted, the GPU runs at its own concurrency again.
+    dispatcher.lift("m-gpu0");
+    dispatcher.snapshot().await;
+    assert_eq!(assigned_now(&mut decisions).await, [more[0].id]);
+    assert_eq!(dispatcher.snapshot().await.leased, 4);
+
+    // Restricted again (a failed check), it waits until its running jobs are reviewed.
+    dispatcher.restrict(
+        "m-gpu0",
+        Probation {
+            limit: 2,
+            unsettled: 0,
+        },
+    );
+    for id in [jobs[2].id, jobs[3].id, jobs[4].id] {
+        dispatcher.finished(id, session, Some(Duration::from_millis(5)));
+    }
+    dispatcher.snapshot().await;
+    assert!(assigned_now(&mut decisions).await.is_empty());
+    dispatcher.grant("m-gpu0");
+    dispatcher.snapshot().await;
+    assert_eq!(assigned_now(&mut decisions).await, [more[1].id]);
+}
+
+#[tokio::test]
+async fn probation_never_holds_back_review_work_on_a_validator() {
+    let (dispatcher, mut decisions) = start();
+    let session = Uuid::now_v7();
+    let (tx, _rx) = mpsc::channel(16);
+    let slot = SlotSpec {
+        gpu_index: 0,
+        miner_id: "v-gpu0".to_owned(),
+        models: vec![("m".to_owned(), 1)],
+        validator: true,
+        probation: Some(Probation {
+            limit: 1,
+            unsettled: 1,
+        }),
+    };
+    dispatcher.agent_joined(session, tx, vec![slot]);
+    let open = job("m", 60_000);
+    dispatcher.enqueue(open.clone());
+    let Decision::Assign(id, ..) = next(&mut decisions).await else {
+        panic!("not assigned")
+    };
+    assert_eq!(id, open.id, "validators are never on probation");
 }

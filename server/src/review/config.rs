@@ -15,6 +15,10 @@ pub struct ReviewConfig {
     pub interval_ms: u64,
     /// A GPU's every job is audited until it has this many valid results in a row.
     pub warm_up: u32,
+    /// A GPU in its warm-up may have at most this many jobs running or awaiting review at
+    /// once (while a validator is online to review them), so a cheat cannot race ahead of
+    /// its audits. 0 turns the cap off.
+    pub probation_jobs: u32,
     /// After the warm-up a job is audited with probability 1 / (valid results in a row), but
     /// never less than this.
     pub audit_floor: f64,
@@ -22,6 +26,11 @@ pub struct ReviewConfig {
     /// job (any agent may get one, and it pays like one) and always re-executed on a
     /// validator. 0 turns probes off.
     pub probe_rate: f64,
+    /// Challenge each GPU (not validators) with a model-file hash when it connects.
+    pub challenge_on_connect: bool,
+    /// Model-file challenges per reviewed job, on top of those at connection and after
+    /// failed checks. 0 turns them off.
+    pub challenge_rate: f64,
     /// A re-execution still unfinished after this many seconds leaves its review unverified.
     pub validation_timeout_s: u64,
     /// Reported timings may exceed the time the coordinator measured between handing out the
@@ -47,8 +56,11 @@ impl Default for ReviewConfig {
             enabled: true,
             interval_ms: 500,
             warm_up: 10,
+            probation_jobs: 4,
             audit_floor: 0.05,
             probe_rate: 0.01,
+            challenge_on_connect: true,
+            challenge_rate: 0.01,
             validation_timeout_s: 600,
             latency_slack_ms: 50,
             latency_slack_share: 0.02,
@@ -60,22 +72,32 @@ impl Default for ReviewConfig {
     }
 }
 
-/// Limits on a teacher-forced completion. A completion fails when any limit is broken.
+/// Limits on a teacher-forced completion: the per-token rates honest agents reach at least,
+/// and how unlikely a shortfall must be before it counts (see [`LlmThresholds::judge`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LlmThresholds {
-    /// The least share of tokens the validator's seeded sampler also draws. Honest agents
-    /// replay the same draws on near-identical probabilities, so nearly all agree.
-    pub min_seeded_share: f64,
-    /// The least share of tokens the request's sampling could have drawn at all.
-    pub min_support_share: f64,
+    /// The least per-token probability that an honest agent draws the same token as the
+    /// validator's seeded sampler. Replaying the seed on the same model gives nearly every
+    /// token; bf16 against f32 (or another thread count) moves some draws across a
+    /// boundary, so this stays well below 1.
+    pub honest_seeded_rate: f64,
+    /// The least per-token probability that an honest agent's token is one the request's
+    /// sampling could draw under the validator's probabilities.
+    pub honest_support_rate: f64,
+    /// A completion fails when honest sampling would fall that short with at most this
+    /// probability: the false-alarm rate of one audit (the policy wants several failures
+    /// before it acts). With the defaults a completion needs 11 tokens or more before even
+    /// a total disagreement with the seeded draws can fail it.
+    pub false_alarm: f64,
 }
 
 impl Default for LlmThresholds {
     fn default() -> Self {
         Self {
-            min_seeded_share: 0.6,
-            min_support_share: 0.8,
+            honest_seeded_rate: 0.6,
+            honest_support_rate: 0.95,
+            false_alarm: 1e-4,
         }
     }
 }
@@ -118,9 +140,17 @@ impl ReviewConfig {
         };
         share("audit_floor", self.audit_floor)?;
         share("probe_rate", self.probe_rate)?;
+        share("challenge_rate", self.challenge_rate)?;
         share("latency_slack_share", self.latency_slack_share)?;
-        share("llm.min_seeded_share", self.llm.min_seeded_share)?;
-        share("llm.min_support_share", self.llm.min_support_share)?;
+        share("llm.honest_seeded_rate", self.llm.honest_seeded_rate)?;
+        share("llm.honest_support_rate", self.llm.honest_support_rate)?;
+        if !(self.llm.false_alarm > 0.0 && self.llm.false_alarm < 0.5) {
+            return Err(format!(
+                "review.llm.false_alarm must be between 0 and 0.5 (a probability such as \
+                 1e-6), not {}",
+                self.llm.false_alarm
+            ));
+        }
         share("image.min_ssim", self.image.min_ssim)?;
         if self.min_gpu_speedup_over_cpu.is_nan() || self.min_gpu_speedup_over_cpu < 0.0 {
             return Err("review.min_gpu_speedup_over_cpu must be 0 (off) or more".to_owned());

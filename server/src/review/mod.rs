@@ -6,7 +6,10 @@
 //! A failed check opens one of the [`cases`]; the [`config::Policy`] may slash at once.
 
 pub mod cases;
+pub mod challenge;
 pub mod config;
+pub mod policy;
+pub mod probation;
 pub mod similarity;
 pub mod store;
 pub mod teacher;

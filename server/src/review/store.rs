@@ -124,6 +124,29 @@ pub async fn unreviewed(db: &Db, since_ms: i64, limit: u64) -> Result<Vec<Unrevi
     db.fetch_all(&select).await
 }
 
+/// A GPU's completed consumer and probe jobs since `since_ms` whose review is not settled
+/// (not yet claimed, or waiting for a re-execution).
+pub async fn unsettled(db: &Db, miner_id: &str, since_ms: i64) -> Result<i64, DbError> {
+    let select =
+        Query::select()
+            .expr(Expr::col((Jobs::Table, Jobs::Id)).count())
+            .from(Jobs::Table)
+            .left_join(
+                Reviews::Table,
+                Expr::col((Reviews::Table, Reviews::JobId)).equals((Jobs::Table, Jobs::Id)),
+            )
+            .and_where(Expr::col((Jobs::Table, Jobs::MinerId)).eq(miner_id))
+            .and_where(Expr::col((Jobs::Table, Jobs::Status)).eq("completed"))
+            .and_where(Expr::col((Jobs::Table, Jobs::Purpose)).ne("validation"))
+            .and_where(Expr::col((Jobs::Table, Jobs::FinishedMs)).gte(since_ms))
+            .and_where(Expr::col((Reviews::Table, Reviews::JobId)).is_null().or(
+                Expr::col((Reviews::Table, Reviews::Status)).eq(ReviewStatus::Pending.as_str()),
+            ))
+            .to_owned();
+    let count: Option<(i64,)> = db.fetch_optional(&select).await?;
+    Ok(count.map_or(0, |(n,)| n))
+}
+
 /// A review to record.
 #[derive(Debug, Clone)]
 pub struct NewReview<'a> {

@@ -24,8 +24,11 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::cases::{self, Check, NewCase, SlashDecision};
+use super::cases::Check;
+use super::challenge;
 use super::config::ReviewConfig;
+use super::policy::{self, Failure, Subject, evidence};
+use super::probation;
 use super::similarity::{self, Verdict};
 use super::store::{self, NewReview, PendingReview, ReviewStatus, TrustEvent, Unreviewed};
 use super::teacher;
@@ -35,9 +38,7 @@ use crate::AppState;
 use crate::db::{DbError, now_ms};
 use crate::jobs::Purpose;
 use crate::jobs::store::{self as job_store, Status};
-use crate::ledger::SlashAmount;
 use crate::miners;
-use crate::points::PointsKind;
 
 /// Jobs claimed per tick, and pending reviews looked at per tick.
 const BATCH: u64 = 200;
@@ -84,12 +85,6 @@ struct Reviewer {
     cpu_baselines: HashMap<String, VecDeque<f64>>,
 }
 
-/// A failed check: what it was and the evidence for its case.
-struct Failure {
-    check: Check,
-    evidence: serde_json::Map<String, Value>,
-}
-
 impl Reviewer {
     async fn tick(&mut self) -> Result<(), DbError> {
         let validators: HashSet<String> = miners::validators(&self.state.db)
@@ -104,7 +99,7 @@ impl Reviewer {
         for pending in store::pending(&self.state.db, BATCH).await? {
             self.settle(pending).await?;
         }
-        Ok(())
+        challenge::expire(&self.state).await
     }
 
     /// Cheap checks and the audit decision for a job just completed.
@@ -137,7 +132,9 @@ impl Reviewer {
             tracing::error!(job = %job.id, "a completed job's params or output do not parse; not reviewed");
             review.reason = "unreadable";
             review.status = ReviewStatus::Unverified;
-            store::claim(&db, &review).await?;
+            if store::claim(&db, &review).await? {
+                self.settled(&miner_id, &wallet, &job.model, None).await?;
+            }
             return Ok(());
         };
         // The cheap checks every result gets.
@@ -153,9 +150,15 @@ impl Reviewer {
             review.reason = failure.check.as_str();
             review.verdict = Some(Value::Object(failure.evidence.clone()));
             if store::claim(&db, &review).await? {
-                store::update_trust(&db, &miner_id, TrustEvent::Failed).await?;
-                self.open_case(&job.id, &miner_id, &wallet, &job.model, failure)
+                self.settled(&miner_id, &wallet, &job.model, Some(TrustEvent::Failed))
                     .await?;
+                let subject = Subject {
+                    job: Some(job.id),
+                    miner_id: &miner_id,
+                    wallet: &wallet,
+                    model: &job.model,
+                };
+                policy::open_case(&self.state, &subject, failure).await?;
             }
             return Ok(());
         }
@@ -175,7 +178,8 @@ impl Reviewer {
             None => {
                 review.reason = "not_sampled";
                 if store::claim(&db, &review).await? {
-                    store::update_trust(&db, &miner_id, TrustEvent::Seen { audited: false })
+                    let seen = TrustEvent::Seen { audited: false };
+                    self.settled(&miner_id, &wallet, &job.model, Some(seen))
                         .await?;
                 }
             }
@@ -185,7 +189,9 @@ impl Reviewer {
                     review.status = ReviewStatus::Unverified;
                     review.verdict =
                         Some(json!({"problem": "no validator serving the model was online"}));
-                    store::claim(&db, &review).await?;
+                    if store::claim(&db, &review).await? {
+                        self.settled(&miner_id, &wallet, &job.model, None).await?;
+                    }
                 } else {
                     review.status = ReviewStatus::Pending;
                     if store::claim(&db, &review).await? {
@@ -199,6 +205,9 @@ impl Reviewer {
         }
         if !probe && self.rng.random_bool(self.config.probe_rate) {
             self.queue_probe(&job.model, &params).await?;
+        }
+        if self.rng.random_bool(self.config.challenge_rate) {
+            challenge::issue_to_online(&self.state, &miner_id, &wallet, &job.model).await?;
         }
         Ok(())
     }
@@ -325,13 +334,25 @@ impl Reviewer {
         match outcome {
             Ok(Ok(verdict)) => {
                 if store::decide(&db, review.job_id, ReviewStatus::Passed, &verdict).await? {
-                    store::update_trust(&db, &review.miner_id, TrustEvent::Passed).await?;
+                    self.settled(
+                        &review.miner_id,
+                        &review.wallet,
+                        &review.model,
+                        Some(TrustEvent::Passed),
+                    )
+                    .await?;
                 }
             }
             Ok(Err(failure)) => {
                 let verdict = Value::Object(failure.evidence.clone());
                 if store::decide(&db, review.job_id, ReviewStatus::Failed, &verdict).await? {
-                    store::update_trust(&db, &review.miner_id, TrustEvent::Failed).await?;
+                    self.settled(
+                        &review.miner_id,
+                        &review.wallet,
+                        &review.model,
+                        Some(TrustEvent::Failed),
+                    )
+                    .await?;
                     let failure = if review.reason == "probe" {
                         Failure {
                             check: Check::Probe,
@@ -340,20 +361,55 @@ impl Reviewer {
                     } else {
                         failure
                     };
-                    self.open_case(
-                        &review.job_id,
-                        &review.miner_id,
-                        &review.wallet,
-                        &review.model,
-                        failure,
-                    )
-                    .await?;
+                    let subject = Subject {
+                        job: Some(review.job_id),
+                        miner_id: &review.miner_id,
+                        wallet: &review.wallet,
+                        model: &review.model,
+                    };
+                    policy::open_case(&self.state, &subject, failure).await?;
                 }
             }
             Err(problem) => {
                 tracing::warn!(job = %review.job_id, %problem, "review left unverified");
-                store::decide(&db, review.job_id, ReviewStatus::Unverified, &problem).await?;
+                if store::decide(&db, review.job_id, ReviewStatus::Unverified, &problem).await? {
+                    self.settled(&review.miner_id, &review.wallet, &review.model, None)
+                        .await?;
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// One of a GPU's results has its review settled (passed, failed, not audited, or left
+    /// unverified): `event` goes into the GPU's trust, and a GPU on probation may start one
+    /// more job; the warm-up's end lifts probation, and a failed check renews it and brings
+    /// a model-file challenge.
+    async fn settled(
+        &self,
+        miner_id: &str,
+        wallet: &str,
+        model: &str,
+        event: Option<TrustEvent>,
+    ) -> Result<(), DbError> {
+        let db = &self.state.db;
+        if let Some(event) = event {
+            store::update_trust(db, miner_id, event).await?;
+        }
+        let dispatcher = &self.state.dispatcher;
+        dispatcher.grant(miner_id);
+        match event {
+            Some(TrustEvent::Failed) => {
+                probation::restrict(&self.state, miner_id, model).await?;
+                challenge::issue_to_online(&self.state, miner_id, wallet, model).await?;
+            }
+            Some(TrustEvent::Passed)
+                if store::trust(db, miner_id).await?.consecutive_valid
+                    >= i64::from(self.config.warm_up) =>
+            {
+                dispatcher.lift(miner_id);
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -505,84 +561,6 @@ impl Reviewer {
             }
         }))
     }
-
-    /// Opens a case for a failed check and lets the policy act on it.
-    async fn open_case(
-        &self,
-        job: &Uuid,
-        miner_id: &str,
-        wallet: &str,
-        model: &str,
-        failure: Failure,
-    ) -> Result<(), DbError> {
-        let kind = self
-            .state
-            .jobs
-            .registry()
-            .get(model)
-            .and_then(|spec| PointsKind::of(spec.kind));
-        let Some(kind) = kind else {
-            // Synthetic jobs earn nothing; there is nothing to slash.
-            tracing::warn!(%job, %miner_id, check = failure.check.as_str(), "check failed on a job that earns no points");
-            return Ok(());
-        };
-        let check = failure.check;
-        let case = cases::open_case(
-            &self.state.db,
-            &NewCase {
-                job_id: Some(*job),
-                wallet: wallet.to_owned(),
-                miner_id: Some(miner_id.to_owned()),
-                kind,
-                check,
-                evidence: failure.evidence,
-            },
-        )
-        .await?;
-        tracing::warn!(%case, %job, %miner_id, check = check.as_str(), "anti-cheat case opened");
-        self.apply_policy(case, miner_id, check).await
-    }
-
-    /// Slashes and suspends without an admin once a GPU has failed often enough.
-    async fn apply_policy(&self, case: Uuid, miner_id: &str, check: Check) -> Result<(), DbError> {
-        let policy = &self.config.policy;
-        if policy.auto_slash_failures == 0 {
-            return Ok(());
-        }
-        let since = now_ms() - (policy.window_s as i64).saturating_mul(1000);
-        let failures = cases::recent_count(&self.state.db, miner_id, since).await?;
-        if failures < i64::from(policy.auto_slash_failures) {
-            return Ok(());
-        }
-        let note = format!(
-            "{failures} failed anti-cheat checks within {} h (the last: {})",
-            policy.window_s / 3600,
-            check.as_str()
-        );
-        match cases::slash(
-            &self.state.db,
-            case,
-            &SlashDecision {
-                amount: SlashAmount::Fraction(policy.slash_fraction),
-                note: note.clone(),
-                by: "policy".to_owned(),
-            },
-        )
-        .await
-        {
-            Ok(slashed) => {
-                tracing::warn!(%case, %miner_id, slashed = slashed.slashed.amount, "slashed by policy")
-            }
-            Err(cases::DecideError::Db(e)) => return Err(e),
-            Err(e) => tracing::warn!(%case, error = %e, "policy could not slash"),
-        }
-        if policy.suspend {
-            let reason = format!("anti-cheat: {note}");
-            miners::suspend(&self.state.db, &self.state.online, miner_id, &reason).await?;
-            tracing::warn!(%miner_id, %reason, "suspended by policy");
-        }
-        Ok(())
-    }
 }
 
 /// The key of a job's stored PNG.
@@ -592,15 +570,4 @@ async fn png_key(db: &crate::db::Db, job: Uuid) -> Result<Option<String>, DbErro
         .into_iter()
         .find(|(name, ..)| name == "output.png")
         .map(|(_, key, ..)| key))
-}
-
-fn evidence(value: Value) -> serde_json::Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        other => {
-            let mut map = serde_json::Map::new();
-            map.insert("detail".to_owned(), other);
-            map
-        }
-    }
 }
