@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::miners;
+use crate::review::challenge::ChallengeCounts;
 use crate::review::store::{self, Trust};
 use crate::wallet::AdminSession;
 
@@ -128,6 +129,8 @@ pub struct ReviewStats {
     pub failed: i64,
     /// Audits that could not be done (no validator online, re-execution failed).
     pub unverified: i64,
+    /// Model-file challenges since this coordinator started.
+    pub challenges: ChallengeCounts,
 }
 
 /// How review is going: reviews by status (admin).
@@ -152,6 +155,7 @@ pub async fn review_stats(
             _ => {}
         }
     }
+    stats.challenges = state.challenges.counts();
     Ok(Json(stats))
 }
 

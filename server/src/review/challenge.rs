@@ -80,8 +80,20 @@ pub struct Challenges {
     inner: Mutex<Inner>,
 }
 
+/// Challenges by outcome, since the coordinator started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct ChallengeCounts {
+    /// Sent, answers not judged yet.
+    pub open: u64,
+    pub passed: u64,
+    pub failed: u64,
+    /// The validator could not answer, so there was nothing to judge against.
+    pub unjudged: u64,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
+    counts: ChallengeCounts,
     next_id: u64,
     /// Miners' challenges by id.
     open: HashMap<u64, Open>,
@@ -103,9 +115,22 @@ impl Challenges {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How many challenges wait for an answer.
-    pub fn open(&self) -> usize {
-        self.lock().open.len()
+    /// Challenges by outcome (and those still open).
+    pub fn counts(&self) -> ChallengeCounts {
+        let inner = self.lock();
+        ChallengeCounts {
+            open: inner.open.len() as u64,
+            ..inner.counts
+        }
+    }
+
+    fn count(&self, outcome: &Outcome) {
+        let counts = &mut self.lock().counts;
+        match outcome {
+            Outcome::Passed => counts.passed += 1,
+            Outcome::Failed(_) => counts.failed += 1,
+            Outcome::Unverifiable(_) => counts.unjudged += 1,
+        }
     }
 
     fn register(&self, open: Open, validator_session: Option<SessionId>) -> (u64, Option<u64>) {
@@ -412,6 +437,7 @@ pub async fn expire(state: &AppState) -> Result<(), DbError> {
 }
 
 async fn settle(state: &AppState, open: Open, outcome: Outcome) -> Result<(), DbError> {
+    state.challenges.count(&outcome);
     let problem = match outcome {
         Outcome::Passed => {
             tracing::debug!(miner_id = %open.miner_id, ask = ?open.ask, "challenge passed");

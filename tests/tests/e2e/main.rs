@@ -4,6 +4,7 @@
 
 mod api_errors;
 mod cases;
+mod challenges;
 mod chat;
 mod chat_errors;
 mod frames;

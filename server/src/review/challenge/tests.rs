@@ -49,7 +49,7 @@ fn a_pinned_challenge_is_judged_on_the_miners_answer_alone() {
         .answer(session, id, Ok("ab12".into()))
         .expect("judged");
     assert_eq!(outcome, Outcome::Passed, "hex compares case-insensitively");
-    assert_eq!(challenges.open(), 0);
+    assert_eq!(challenges.counts().open, 0);
 
     let (id, _) = challenges.register(open(session, Expected::Pinned("ab12".into()), 0), None);
     let (_, outcome) = challenges
@@ -99,7 +99,7 @@ fn a_range_challenge_waits_for_both_answers_in_either_order() {
         .answer(validator, vid.expect("vid"), Err("busy".into()))
         .expect("judged");
     assert!(matches!(outcome, Outcome::Unverifiable(_)));
-    assert_eq!(challenges.open(), 0);
+    assert_eq!(challenges.counts().open, 0);
 }
 
 #[test]
@@ -114,7 +114,7 @@ fn an_unanswered_challenge_fails_only_while_its_agent_is_still_connected() {
     assert_eq!(ended.len(), 1, "{ended:?}");
     assert_eq!(ended[0].0.session, here);
     assert!(matches!(ended[0].1, Outcome::Failed(ref why) if why.contains("no answer")));
-    assert_eq!(challenges.open(), 1, "the fresh one still waits");
+    assert_eq!(challenges.counts().open, 1, "the fresh one still waits");
     let (_, outcome) = challenges
         .answer(here, fresh.0, Ok("aa".into()))
         .expect("judged");
