@@ -281,7 +281,7 @@ async fn cheater_lab() {
     let cheat_binary = cheat_agent_binary();
     let server = TestServer::start_with(&Backend::Sqlite, |config| {
         config.review.interval_ms = 100;
-        config.review.probe_rate = 0.02;
+        config.review.probe_rate = 0.01;
         config.review.validation_timeout_s = 300;
         config.agent_timeout_s = 30;
     })
