@@ -375,6 +375,19 @@ mod tests {
         let err = Config::load(Some(&path), &Overrides::default()).expect_err("bad boost");
         assert!(err.to_string().contains("points.nft_boost"), "{err}");
 
+        let seasons = "[[points.seasons]]\nname = \"S1\"\nstarts = \"2026-01-01\"\n\
+                       [[points.seasons]]\nname = \"S2\"\nstarts = \"2026-07-01\"\n";
+        std::fs::write(&path, seasons).expect("write");
+        let config = Config::load(Some(&path), &Overrides::default()).expect("seasons");
+        assert_eq!(config.points.seasons.len(), 2);
+        assert_eq!(config.points.season_at(1_800_000_000_000).name, "S2");
+        std::fs::write(&path, seasons.replace("2026-07-01", "2025-07-01")).expect("write");
+        let err = Config::load(Some(&path), &Overrides::default()).expect_err("out of order");
+        assert!(err.to_string().contains("list seasons in order"), "{err}");
+        std::fs::write(&path, seasons.replace("2026-07-01", "July 2026")).expect("write");
+        let err = Config::load(Some(&path), &Overrides::default()).expect_err("not a date");
+        assert!(err.to_string().contains("starts"), "{err}");
+
         let err = Config::load(Some(&dir.path().join("nope.toml")), &Overrides::default())
             .expect_err("missing file");
         assert!(err.to_string().contains("does not exist"), "{err}");

@@ -19,7 +19,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::db::{Db, DbError, Tx, now_ms};
-use crate::points::{Accrual, MicroPoints, POINT, PointsKind, Work};
+use crate::points::{Accrual, MicroPoints, POINT, PointsKind, SeasonWindow, Work};
 
 #[derive(Iden)]
 pub(crate) enum Ledger {
@@ -162,13 +162,61 @@ pub async fn insert_credits(tx: &mut Tx, credits: &[&Credit]) -> Result<u64, DbE
 /// How much a slash takes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SlashAmount {
-    /// Exactly this many micro-points (at most the balance).
+    /// Exactly this many micro-points (at most the points it may take, see [`Slash`]).
     Micro(MicroPoints),
-    /// This share (0 < f ≤ 1) of the balance at the time of the slash.
+    /// This share (0 < f ≤ 1) of the points it may take.
     Fraction(f64),
 }
 
-/// A slash to record.
+/// Whose points a slash takes, as an admin or the policy asks for it.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Everything the wallet earned in the season, on all its GPUs.
+    #[default]
+    Wallet,
+    /// Only what the GPU concerned earned in the season.
+    Miner,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Wallet => "wallet",
+            Self::Miner => "miner",
+        }
+    }
+}
+
+/// Whose points a slash takes, resolved to a GPU where it names one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlashScope {
+    /// What the whole wallet earned.
+    Wallet,
+    /// What one GPU (a miner id) of the wallet earned; the row carries its id.
+    Miner(String),
+}
+
+impl SlashScope {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Wallet => Scope::Wallet.as_str(),
+            Self::Miner(_) => Scope::Miner.as_str(),
+        }
+    }
+
+    fn miner_id(&self) -> Option<&str> {
+        match self {
+            Self::Wallet => None,
+            Self::Miner(id) => Some(id),
+        }
+    }
+}
+
+/// A slash to record. It takes from the points the scope earned (net of earlier slashes) in
+/// `season`, and never more than the wallet's whole balance, so balances stay ≥ 0.
 #[derive(Debug, Clone)]
 pub struct Slash {
     pub wallet: String,
@@ -176,7 +224,9 @@ pub struct Slash {
     pub amount: SlashAmount,
     pub reason: String,
     pub case_id: Option<Uuid>,
-    pub miner_id: Option<String>,
+    pub scope: SlashScope,
+    /// Usually the current one ([`crate::points::PointsConfig::season_at`]).
+    pub season: SeasonWindow,
     /// Who decided it (an admin's name, or `policy`).
     pub by: String,
 }
@@ -184,14 +234,16 @@ pub struct Slash {
 /// The outcome of [`slash`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Slashed {
-    /// Micro-points taken (0 when the balance was already empty).
+    /// Micro-points taken (0 when there was nothing to take).
     pub amount: MicroPoints,
     /// False when the same case had already slashed this wallet and kind.
     pub recorded: bool,
+    /// What the scope had earned in the season before the slash: what a fraction is of.
+    pub basis: MicroPoints,
     pub balance_after: MicroPoints,
 }
 
-/// Records a slash as a debit: never more than the balance, so balances stay ≥ 0.
+/// Records a slash as a debit.
 pub async fn slash(db: &Db, slash: &Slash) -> Result<Slashed, DbError> {
     let mut tx = db.begin().await?;
     let slashed = slash_in(&mut tx, slash).await?;
@@ -202,16 +254,21 @@ pub async fn slash(db: &Db, slash: &Slash) -> Result<Slashed, DbError> {
 /// [`slash`] inside a transaction that writes more with it (an anti-cheat case's decision).
 pub async fn slash_in(tx: &mut Tx, slash: &Slash) -> Result<Slashed, DbError> {
     let balance = balance_in(tx, &slash.wallet, slash.kind).await?;
+    let earned = season_earned_in(tx, slash).await?;
+    let basis = Ord::max(Ord::min(earned, balance), 0);
     let wanted = match slash.amount {
         SlashAmount::Micro(micro) => micro,
-        SlashAmount::Fraction(f) => (balance as f64 * f).round() as MicroPoints,
+        SlashAmount::Fraction(f) => (basis as f64 * f).round() as MicroPoints,
     };
-    let amount = wanted.clamp(0, Ord::max(balance, 0));
+    let amount = wanted.clamp(0, basis);
     let detail = serde_json::json!({
         "requested": match slash.amount {
             SlashAmount::Micro(micro) => serde_json::json!({ "points": points(micro) }),
             SlashAmount::Fraction(f) => serde_json::json!({ "fraction": f }),
         },
+        "scope": slash.scope.as_str(),
+        "season": slash.season.name,
+        "season_earned": points(basis),
         "balance_before": points(balance),
         "by": slash.by,
     });
@@ -234,7 +291,7 @@ pub async fn slash_in(tx: &mut Tx, slash: &Slash) -> Result<Slashed, DbError> {
             slash.kind.as_str().into(),
             EntryKind::Slash.as_str().into(),
             (-amount).into(),
-            slash.miner_id.clone().into(),
+            slash.scope.miner_id().map(str::to_owned).into(),
             detail.to_string().into(),
             slash.reason.as_str().into(),
             slash.case_id.into(),
@@ -250,8 +307,25 @@ pub async fn slash_in(tx: &mut Tx, slash: &Slash) -> Result<Slashed, DbError> {
     Ok(Slashed {
         amount: if recorded { amount } else { 0 },
         recorded,
+        basis,
         balance_after,
     })
+}
+
+/// Net points of the slash's kind its scope earned in its season.
+async fn season_earned_in(tx: &mut Tx, slash: &Slash) -> Result<MicroPoints, DbError> {
+    let mut select = Query::select();
+    select
+        .expr(sum_amount())
+        .from(Ledger::Table)
+        .and_where(Expr::col(Ledger::Wallet).eq(slash.wallet.as_str()))
+        .and_where(Expr::col(Ledger::Kind).eq(slash.kind.as_str()));
+    within(&mut select, &slash.season);
+    if let Some(miner) = slash.scope.miner_id() {
+        select.and_where(Expr::col(Ledger::MinerId).eq(miner));
+    }
+    let rows: Vec<(Option<i64>,)> = tx.fetch_all(&select).await?;
+    Ok(rows.first().and_then(|(sum,)| *sum).unwrap_or(0))
 }
 
 /// `SUM(amount)` as a 64-bit integer on both databases (PostgreSQL sums BIGINTs as NUMERIC).
@@ -273,6 +347,13 @@ fn balance_query(wallet: &str, kind: Option<PointsKind>) -> SelectStatement {
     select
 }
 
+fn within(select: &mut SelectStatement, season: &SeasonWindow) {
+    select.and_where(Expr::col(Ledger::CreatedMs).gte(season.starts_ms));
+    if let Some(ends) = season.ends_ms {
+        select.and_where(Expr::col(Ledger::CreatedMs).lt(ends));
+    }
+}
+
 async fn balance_in(tx: &mut Tx, wallet: &str, kind: PointsKind) -> Result<MicroPoints, DbError> {
     let rows: Vec<(String, i64)> = tx.fetch_all(&balance_query(wallet, Some(kind))).await?;
     Ok(rows.first().map_or(0, |(_, sum)| *sum))
@@ -285,8 +366,24 @@ pub struct Balances {
     pub llama: MicroPoints,
 }
 
+/// A wallet's balances for all time.
 pub async fn balances(db: &Db, wallet: &str) -> Result<Balances, DbError> {
-    let rows: Vec<(String, i64)> = db.fetch_all(&balance_query(wallet, None)).await?;
+    balances_of(db, &balance_query(wallet, None)).await
+}
+
+/// What a wallet earned (net of slashes) in one season.
+pub async fn season_balances(
+    db: &Db,
+    wallet: &str,
+    season: &SeasonWindow,
+) -> Result<Balances, DbError> {
+    let mut select = balance_query(wallet, None);
+    within(&mut select, season);
+    balances_of(db, &select).await
+}
+
+async fn balances_of(db: &Db, select: &SelectStatement) -> Result<Balances, DbError> {
+    let rows: Vec<(String, i64)> = db.fetch_all(select).await?;
     let mut balances = Balances::default();
     for (kind, sum) in rows {
         match kind.as_str() {

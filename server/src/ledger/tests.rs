@@ -85,7 +85,8 @@ async fn slashes_debit_at_most_the_balance_and_once_per_case() {
         amount: SlashAmount::Fraction(0.5),
         reason: "canned images".to_owned(),
         case_id: Some(Uuid::now_v7()),
-        miner_id: None,
+        scope: SlashScope::Wallet,
+        season: crate::points::season::season_at(&[], now_ms()),
         by: "admin".to_owned(),
     };
     let first = slash(&db, &slash_half).await.expect("slash");

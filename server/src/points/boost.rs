@@ -5,6 +5,8 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use super::season::{self, Season, SeasonWindow};
+
 /// GPUs one NFT boosts (the seed: "Each NFT can boost up to 3 GPUs").
 pub const GPUS_PER_NFT: u64 = 3;
 
@@ -25,6 +27,8 @@ pub struct PointsConfig {
     pub nft_boost: Vec<BoostTier>,
     /// stHEU boost by holding; empty (off) until its rules are announced.
     pub stheu_boost: Vec<BoostTier>,
+    /// Seasons, oldest first (`[[points.seasons]]`); none means one season, all time.
+    pub seasons: Vec<Season>,
 }
 
 impl Default for PointsConfig {
@@ -42,6 +46,7 @@ impl Default for PointsConfig {
                 tier(10, 2.0),
             ],
             stheu_boost: Vec::new(),
+            seasons: Vec::new(),
         }
     }
 }
@@ -70,7 +75,12 @@ impl PointsConfig {
                 ));
             }
         }
-        Ok(())
+        season::validate(&self.seasons)
+    }
+
+    /// The season in force at `now_ms`.
+    pub fn season_at(&self, now_ms: i64) -> SeasonWindow {
+        season::season_at(&self.seasons, now_ms)
     }
 
     /// The NFT boost for holding `held`, in millionths (1,000,000 when none applies).

@@ -12,6 +12,7 @@
 
 mod boost;
 pub mod rules;
+pub mod season;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::registry::ModelSpec;
 
 pub use boost::{BoostTier, GPUS_PER_NFT, PointsConfig, boosted_miners};
+pub use season::{Season, SeasonWindow};
 
 /// Millionths of a point: the unit of every amount in the ledger.
 pub type MicroPoints = i64;

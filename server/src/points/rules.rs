@@ -6,8 +6,10 @@ use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::season::{self, SeasonWindow};
 use super::{BoostTier, PointsKind, boost::GPUS_PER_NFT};
 use crate::AppState;
+use crate::db::now_ms;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Rules {
@@ -16,6 +18,17 @@ pub struct Rules {
     /// GPUs by tier, lowest first; a model's minimum is the lowest tier of its `min_gpu` list.
     pub gpu_tiers: Vec<GpuTier>,
     pub boosts: Boosts,
+    pub seasons: Seasons,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Seasons {
+    /// The season in force (`all time` when the operator configured none).
+    pub current: SeasonWindow,
+    /// Every configured season, oldest first.
+    pub all: Vec<SeasonWindow>,
+    /// How a slash is measured against seasons.
+    pub slashing: &'static str,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -94,6 +107,11 @@ pub async fn rules(State(state): State<AppState>) -> Json<Rules> {
             gpus_per_nft: GPUS_PER_NFT,
             nft: points.nft_boost.clone(),
             stheu: points.stheu_boost.clone(),
+        },
+        seasons: Seasons {
+            current: points.season_at(now_ms()),
+            all: season::windows(&points.seasons),
+            slashing: "a slash takes a share of the points earned in the current season, by the wallet or by one of its GPUs",
         },
     })
 }

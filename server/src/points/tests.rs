@@ -180,6 +180,7 @@ fn bad_boost_tables_are_refused() {
     let falling = PointsConfig {
         nft_boost: vec![tier(1, 1.5), tier(2, 1.2)],
         stheu_boost: vec![],
+        seasons: vec![],
     };
     assert!(
         falling
@@ -190,6 +191,7 @@ fn bad_boost_tables_are_refused() {
     let shrinking = PointsConfig {
         nft_boost: vec![tier(1, 0.5)],
         stheu_boost: vec![],
+        seasons: vec![],
     };
     assert!(
         shrinking

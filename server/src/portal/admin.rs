@@ -10,10 +10,11 @@ use uuid::Uuid;
 
 use super::{Amount, wallet_param};
 use crate::AppState;
+use crate::db::now_ms;
 use crate::error::{ApiError, ApiJson, ErrorBody};
-use crate::ledger::{self, Slash, SlashAmount};
+use crate::ledger::{self, Scope, Slash, SlashAmount, SlashScope};
 use crate::miners;
-use crate::points::{MicroPoints, PointsKind};
+use crate::points::{MicroPoints, PointsKind, SeasonWindow};
 use crate::wallet::AdminSession;
 
 /// `POST /api/v1/admin/slashes` body. Give exactly one of `points` and `fraction`.
@@ -23,15 +24,17 @@ pub struct SlashRequest {
     pub address: String,
     /// Which points; both kinds when absent.
     pub kind: Option<PointsKind>,
-    /// Points to take (at most the balance).
+    /// Points to take (at most what the scope earned in the current season).
     pub points: Option<f64>,
-    /// Share of the balance to take, in (0, 1].
+    /// Share to take of what the scope earned in the current season, in (0, 1].
     pub fraction: Option<f64>,
     /// Shown to the miner in the portal.
     pub reason: String,
     /// The anti-cheat case this punishes; the same case slashes a wallet's kind only once.
     pub case_id: Option<Uuid>,
-    /// The GPU the case is about, if any.
+    /// Whose season points: `wallet` (default) or `miner` (then `miner_id` is required).
+    pub scope: Option<Scope>,
+    /// With scope `miner`: the GPU (one of this wallet's) whose points are taken.
     pub miner_id: Option<String>,
 }
 
@@ -42,13 +45,46 @@ pub struct SlashOutcome {
     pub amount: Amount,
     /// False when the same case had already slashed this wallet and kind.
     pub recorded: bool,
+    /// What the scope had earned in the season: what a fraction was taken of.
+    pub season_earned: Amount,
     pub balance_after: Amount,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SlashResponse {
     pub address: String,
+    pub scope: Scope,
+    /// The GPU, for scope `miner`.
+    pub miner_id: Option<String>,
+    /// The season whose points were slashed.
+    pub season: SeasonWindow,
     pub slashes: Vec<SlashOutcome>,
+}
+
+/// The slash scope a request names, checked against its wallet.
+fn slash_scope(
+    wallet: &str,
+    scope: Option<Scope>,
+    miner_id: Option<&str>,
+) -> Result<SlashScope, ApiError> {
+    match (scope.unwrap_or_default(), miner_id) {
+        (Scope::Wallet, None) => Ok(SlashScope::Wallet),
+        (Scope::Wallet, Some(_)) => Err(ApiError::InvalidRequest(
+            "`miner_id` narrows a slash to one GPU: give `scope: \"miner\"` with it, or leave it out to slash the wallet".to_owned(),
+        )),
+        (Scope::Miner, None) => Err(ApiError::InvalidRequest(
+            "`scope: \"miner\"` needs `miner_id`, the GPU whose points to take".to_owned(),
+        )),
+        (Scope::Miner, Some(miner)) => {
+            if miner.strip_prefix(wallet).is_some_and(|rest| rest.starts_with('-')) {
+                Ok(SlashScope::Miner(miner.to_owned()))
+            } else {
+                Err(ApiError::InvalidRequest(format!(
+                    "miner `{miner}` is not one of {wallet}'s GPUs (miner ids start with the wallet)"
+                )))
+            }
+        }
+    }
 }
 
 /// How much to slash, from a request's `points` or `fraction` (exactly one).
@@ -88,6 +124,8 @@ pub async fn admin_slash(
             "reason must be 1-500 characters: the miner sees it".to_owned(),
         ));
     }
+    let scope = slash_scope(&wallet, request.scope, request.miner_id.as_deref())?;
+    let season = state.config.points.season_at(now_ms());
     let kinds = match request.kind {
         Some(kind) => vec![kind],
         None => vec![PointsKind::Waifu, PointsKind::Llama],
@@ -102,7 +140,8 @@ pub async fn admin_slash(
                 amount,
                 reason: reason.to_owned(),
                 case_id: request.case_id,
-                miner_id: request.miner_id.clone(),
+                scope: scope.clone(),
+                season: season.clone(),
                 by: admin.name.clone(),
             },
         )
@@ -112,11 +151,18 @@ pub async fn admin_slash(
             kind,
             amount: slashed.amount.into(),
             recorded: slashed.recorded,
+            season_earned: slashed.basis.into(),
             balance_after: slashed.balance_after.into(),
         });
     }
     Ok(Json(SlashResponse {
         address: wallet,
+        scope: match scope {
+            SlashScope::Wallet => Scope::Wallet,
+            SlashScope::Miner(_) => Scope::Miner,
+        },
+        miner_id: request.miner_id,
+        season,
         slashes,
     }))
 }

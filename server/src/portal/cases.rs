@@ -13,7 +13,10 @@ use uuid::Uuid;
 use super::admin::{slash_amount, suspend};
 use super::{Amount, page_limit, wallet_param};
 use crate::AppState;
+use crate::db::now_ms;
 use crate::error::{ApiError, ApiJson, ErrorBody};
+use crate::ledger::Scope;
+use crate::points::SeasonWindow;
 use crate::review::cases::{self, CaseFilter, CaseRow, Check, DecideError, SlashDecision, Status};
 use crate::wallet::AdminSession;
 
@@ -52,6 +55,11 @@ pub struct CaseSlash {
     pub requested_points: Option<f64>,
     /// Share of the balance asked for, when given as a fraction.
     pub requested_fraction: Option<f64>,
+    /// `wallet` or `miner`: whose season points it was measured against.
+    #[schema(value_type = Option<Scope>)]
+    pub scope: Option<String>,
+    /// The season it was measured in.
+    pub season: Option<String>,
     /// Points taken.
     pub amount: Option<Amount>,
     /// The ledger debit (`GET /api/v1/slashes` lists it with the case's id).
@@ -63,6 +71,8 @@ impl From<CaseRow> for Case {
         let slash = (row.status == Status::Slashed.as_str()).then(|| CaseSlash {
             requested_points: row.slash_points.map(crate::ledger::points),
             requested_fraction: row.slash_fraction,
+            scope: row.slash_scope,
+            season: row.slash_season,
             amount: row.slashed_micro.map(Amount::from),
             ledger_entry_id: row.ledger_entry_id,
         });
@@ -115,6 +125,7 @@ impl From<DecideError> for ApiError {
         match err {
             DecideError::NotFound(_) => Self::NotFound(err.to_string()),
             DecideError::AlreadyDecided { .. } => Self::Conflict(err.to_string()),
+            DecideError::NoMiner(_) => Self::InvalidRequest(err.to_string()),
             DecideError::Db(db) => db.into(),
         }
     }
@@ -181,10 +192,13 @@ pub async fn get_case(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaseSlashRequest {
-    /// Points to take (at most the balance of the case's kind).
+    /// Points of the case's kind to take (at most what the scope earned this season).
     pub points: Option<f64>,
-    /// Share of the wallet's balance of the case's kind to take, in (0, 1].
+    /// Share to take of the points of the case's kind the scope earned this season, in (0, 1].
     pub fraction: Option<f64>,
+    /// `wallet` (default: all the wallet's GPUs) or `miner` (only the case's GPU).
+    #[serde(default)]
+    pub scope: Scope,
     /// Also suspend the case's GPU.
     #[serde(default)]
     pub suspend: bool,
@@ -199,6 +213,10 @@ pub struct CaseSlashResponse {
     pub amount: Amount,
     /// False when the ledger already held this case's debit.
     pub recorded: bool,
+    /// The season whose points were slashed.
+    pub season: SeasonWindow,
+    /// What the scope had earned in the season: what a fraction was taken of.
+    pub season_earned: Amount,
     pub balance_after: Amount,
     /// Whether the GPU was suspended (false when not asked, or when it never connected).
     pub suspended: bool,
@@ -231,8 +249,11 @@ pub async fn slash_case(
             "note must be 1-500 characters: the miner sees it".to_owned(),
         ));
     }
+    let season = state.config.points.season_at(now_ms());
     let decision = SlashDecision {
         amount,
+        scope: request.scope,
+        season: season.clone(),
         note: note.to_owned(),
         by: admin.name.clone(),
     };
@@ -255,6 +276,8 @@ pub async fn slash_case(
         case: case.into(),
         amount: outcome.slashed.amount.into(),
         recorded: outcome.slashed.recorded,
+        season,
+        season_earned: outcome.slashed.basis.into(),
         balance_after: outcome.slashed.balance_after.into(),
         suspended,
         disconnected,

@@ -23,7 +23,7 @@ use crate::db::now_ms;
 use crate::error::{ApiError, ErrorBody};
 use crate::ledger::{self, EntryFilter, EntryKind, EntryRow, holdings, points};
 use crate::miners::{self, MinerRow};
-use crate::points::{GPUS_PER_NFT, MicroPoints, PointsKind, boosted_miners};
+use crate::points::{GPUS_PER_NFT, MicroPoints, PointsKind, SeasonWindow, boosted_miners};
 
 const DAY_MS: i64 = 86_400_000;
 const MAX_PAGE: u64 = 200;
@@ -64,6 +64,24 @@ impl From<MicroPoints> for Amount {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Balances {
+    pub waifu: Amount,
+    pub llama: Amount,
+}
+
+impl From<ledger::Balances> for Balances {
+    fn from(b: ledger::Balances) -> Self {
+        Self {
+            waifu: b.waifu.into(),
+            llama: b.llama.into(),
+        }
+    }
+}
+
+/// Balances within one season.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeasonBalances {
+    #[serde(flatten)]
+    pub season: SeasonWindow,
     pub waifu: Amount,
     pub llama: Amount,
 }
@@ -111,7 +129,10 @@ pub struct Boost {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WalletView {
     pub address: String,
+    /// All time: accruals less slashes.
     pub balances: Balances,
+    /// What the wallet earned (less slashes) in the current season.
+    pub season: SeasonBalances,
     pub miners: Vec<Miner>,
     pub boost: Boost,
 }
@@ -154,6 +175,8 @@ pub async fn wallet(
 ) -> Result<Json<WalletView>, ApiError> {
     let wallet = wallet_param(&address)?;
     let balances = ledger::balances(&state.db, &wallet).await?;
+    let season = state.config.points.season_at(now_ms());
+    let in_season = ledger::season_balances(&state.db, &wallet, &season).await?;
     let (nft_held, stheu_held) = holdings::held(&state.db, &wallet).await?;
     let rows = miners::of_wallet(&state.db, &wallet).await?;
     let seniority: Vec<(String, i64)> = rows
@@ -180,9 +203,11 @@ pub async fn wallet(
         .collect();
     Ok(Json(WalletView {
         address: wallet,
-        balances: Balances {
-            waifu: balances.waifu.into(),
-            llama: balances.llama.into(),
+        balances: balances.into(),
+        season: SeasonBalances {
+            season,
+            waifu: in_season.waifu.into(),
+            llama: in_season.llama.into(),
         },
         miners,
         boost: Boost {
@@ -433,7 +458,7 @@ pub async fn miner(
 pub struct LeaderboardQuery {
     /// Which points to rank by.
     pub kind: PointsKind,
-    /// `24h`, `7d` or `all` (default `7d`).
+    /// `24h`, `7d`, `season` (the current one) or `all` (default `7d`).
     pub period: Option<String>,
     /// Rows, 1–200 (default 50).
     pub limit: Option<u64>,
@@ -467,10 +492,12 @@ pub async fn leaderboard(
     let since = match period.as_str() {
         "24h" => Some(now_ms() - DAY_MS),
         "7d" => Some(now_ms() - 7 * DAY_MS),
+        // The current season has begun and runs on: its start is all that bounds it.
+        "season" => Some(state.config.points.season_at(now_ms()).starts_ms),
         "all" => None,
         other => {
             return Err(ApiError::InvalidRequest(format!(
-                "period `{other}` is not one of 24h, 7d, all"
+                "period `{other}` is not one of 24h, 7d, season, all"
             )));
         }
     };

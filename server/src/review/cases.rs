@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::db::{Db, DbError, Tx, now_ms};
-use crate::ledger::{self, Ledger, Slash, SlashAmount, Slashed};
-use crate::points::{MicroPoints, PointsKind};
+use crate::ledger::{self, Ledger, Scope, Slash, SlashAmount, SlashScope, Slashed};
+use crate::points::{MicroPoints, PointsKind, SeasonWindow};
 
 /// A case's id: a UUIDv7, so ids sort by creation time.
 pub type CaseId = Uuid;
@@ -39,6 +39,8 @@ enum ReviewCases {
     SlashFraction,
     SlashedMicro,
     LedgerEntryId,
+    SlashScope,
+    SlashSeason,
 }
 
 /// The check that failed.
@@ -129,6 +131,10 @@ pub struct CaseRow {
     pub slash_fraction: Option<f64>,
     pub slashed_micro: Option<i64>,
     pub ledger_entry_id: Option<i64>,
+    /// `wallet` or `miner`: whose season points the slash was a share of.
+    pub slash_scope: Option<String>,
+    /// The season it was measured in.
+    pub slash_season: Option<String>,
 }
 
 /// Opens a case; returns its id.
@@ -227,6 +233,8 @@ pub enum DecideError {
     NotFound(CaseId),
     #[error("case {id} is already {status}; a case is decided once")]
     AlreadyDecided { id: CaseId, status: String },
+    #[error("case {0} names no GPU, so there are no miner points to slash; use scope `wallet`")]
+    NoMiner(CaseId),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -234,7 +242,11 @@ pub enum DecideError {
 /// A slash of a case.
 #[derive(Debug, Clone)]
 pub struct SlashDecision {
+    /// A share of, or points from, what `scope` earned in `season`.
     pub amount: SlashAmount,
+    pub scope: Scope,
+    /// Usually the current one.
+    pub season: SeasonWindow,
     /// Shown to the miner with the slash.
     pub note: String,
     /// The admin's name, or `policy`.
@@ -253,8 +265,8 @@ pub fn slash_reason(case: &CaseRow, note: &str) -> String {
     format!("anti-cheat case {} ({}): {note}", case.id, case.check)
 }
 
-/// Slashes an open case: marks it, debits the wallet with the case's id and records the
-/// debit on the case, all in one transaction.
+/// Slashes an open case: marks it, debits the wallet (or the case's GPU's season points)
+/// with the case's id and records the debit on the case, all in one transaction.
 pub async fn slash(
     db: &Db,
     id: CaseId,
@@ -269,8 +281,19 @@ pub async fn slash(
     update.values([
         (ReviewCases::SlashPoints, points.into()),
         (ReviewCases::SlashFraction, fraction.into()),
+        (ReviewCases::SlashScope, decision.scope.as_str().into()),
+        (
+            ReviewCases::SlashSeason,
+            decision.season.name.as_str().into(),
+        ),
     ]);
     let case = claim(&mut tx, id, update).await?;
+    let scope = match (decision.scope, &case.miner_id) {
+        (Scope::Wallet, _) => SlashScope::Wallet,
+        (Scope::Miner, Some(miner)) => SlashScope::Miner(miner.clone()),
+        // The transaction rolls back as it drops: the case stays open.
+        (Scope::Miner, None) => return Err(DecideError::NoMiner(id)),
+    };
     let kind = match case.kind.as_str() {
         "llama" => PointsKind::Llama,
         _ => PointsKind::Waifu,
@@ -283,7 +306,8 @@ pub async fn slash(
             amount: decision.amount,
             reason: slash_reason(&case, &decision.note),
             case_id: Some(id),
-            miner_id: case.miner_id.clone(),
+            scope,
+            season: decision.season.clone(),
             by: decision.by.clone(),
         },
     )

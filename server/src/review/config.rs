@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::similarity::Thresholds;
+use crate::ledger::Scope;
 
 /// `[review]` in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,8 +111,11 @@ pub struct Policy {
     /// `window_s`; 0 leaves every case to an admin.
     pub auto_slash_failures: u32,
     pub window_s: u64,
-    /// Share of the wallet's balance (of the case's kind of points) an automatic slash takes.
+    /// Share an automatic slash takes of the points (of the case's kind) earned in the
+    /// current season by `slash_scope`.
     pub slash_fraction: f64,
+    /// `wallet` (all its GPUs' points) or `miner` (only the failing GPU's).
+    pub slash_scope: Scope,
     /// Whether an automatic slash also suspends the GPU.
     pub suspend: bool,
 }
@@ -122,6 +126,7 @@ impl Default for Policy {
             auto_slash_failures: 2,
             window_s: 24 * 3600,
             slash_fraction: 1.0,
+            slash_scope: Scope::Wallet,
             suspend: true,
         }
     }

@@ -94,6 +94,8 @@ async fn apply_policy(
         case,
         &SlashDecision {
             amount: SlashAmount::Fraction(policy.slash_fraction),
+            scope: policy.slash_scope,
+            season: state.config.points.season_at(now_ms()),
             note: note.clone(),
             by: "policy".to_owned(),
         },

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use infermine_server::ledger::{self, BoostDetail, Credit};
-use infermine_server::points::{Accrual, PointsKind, Work};
+use infermine_server::points::{Accrual, PointsKind, Season, Work};
 use infermine_server::review::cases::{self, Check, NewCase};
 use infermine_tests::{Backend, TestServer, WALLET};
 use serde_json::{Value, json};
@@ -65,7 +65,21 @@ async fn seed(server: &TestServer) -> Uuid {
 }
 
 async fn slashing_a_case_debits_the_wallet_once(backend: Backend) {
-    let server = TestServer::start(&backend).await;
+    // Two seasons, the second begun today: the slash is measured against it.
+    let today = chrono::Utc::now().date_naive();
+    let server = TestServer::start_with(&backend, |config| {
+        config.points.seasons = vec![
+            Season {
+                name: "Season 1".to_owned(),
+                starts: today - chrono::Days::new(30),
+            },
+            Season {
+                name: "Season 2".to_owned(),
+                starts: today,
+            },
+        ];
+    })
+    .await;
     let admin = infermine_server::mint_admin_token(&server.config, "e2e", Duration::from_secs(600))
         .await
         .expect("admin token");
@@ -93,7 +107,12 @@ async fn slashing_a_case_debits_the_wallet_once(backend: Backend) {
     let open = "/api/v1/admin/cases?status=open".to_owned();
     let slash = format!("/api/v1/admin/cases/{id}/slash");
     let dismiss = format!("/api/v1/admin/cases/{id}/dismiss");
-    let body = json!({ "fraction": 0.5, "note": "images unlike the re-run", "suspend": true });
+    let body = json!({
+        "fraction": 0.5,
+        "scope": "miner",
+        "note": "images unlike the re-run",
+        "suspend": true,
+    });
 
     let (status, error) = call(get.clone(), open.clone(), None, None).await;
     assert_eq!(
@@ -144,15 +163,25 @@ async fn slashing_a_case_debits_the_wallet_once(backend: Backend) {
     assert_eq!(slashed["case"]["status"], "slashed");
     assert_eq!(slashed["case"]["decided_by"], "e2e");
     assert_eq!(slashed["suspended"], false, "the GPU never connected");
+    assert_eq!(slashed["season"]["name"], "Season 2");
+    assert_eq!(slashed["season_earned"]["micro"], 10_000_000);
+    assert_eq!(slashed["case"]["slash"]["scope"], "miner");
+    assert_eq!(slashed["case"]["slash"]["season"], "Season 2");
 
     let wallet = server.get_json(&format!("/api/v1/wallets/{WALLET}")).await;
     assert_eq!(wallet["balances"]["waifu"]["micro"], 5_000_000);
+    assert_eq!(wallet["season"]["name"], "Season 2");
+    assert_eq!(wallet["season"]["waifu"]["micro"], 5_000_000);
+    let rules = server.get_json("/api/v1/rules").await;
+    assert_eq!(rules["seasons"]["current"]["name"], "Season 2");
+    assert_eq!(rules["seasons"]["all"].as_array().map(Vec::len), Some(2));
     let public = server
         .get_json(&format!("/api/v1/slashes?address={WALLET}"))
         .await;
     let entries = public["entries"].as_array().expect("entries");
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["case_id"], json!(id));
+    assert_eq!(entries[0]["miner_id"], json!(format!("{WALLET}-rig-gpu0")));
     assert_eq!(
         entries[0]["id"],
         slashed["case"]["slash"]["ledger_entry_id"]
@@ -166,7 +195,7 @@ async fn slashing_a_case_debits_the_wallet_once(backend: Backend) {
     let (status, error) = call(post.clone(), slash, Some(&admin), Some(body)).await;
     assert_eq!((status, &error["error"]["code"]), (409, &json!("conflict")));
     let (status, error) = call(
-        post,
+        post.clone(),
         dismiss,
         Some(&admin),
         Some(json!({ "note": "on second thought" })),
@@ -184,6 +213,47 @@ async fn slashing_a_case_debits_the_wallet_once(backend: Backend) {
     );
     let (_, page) = call(get, open, Some(&admin), None).await;
     assert_eq!(page["cases"], json!([]));
+
+    // Direct slashes name their scope; a GPU of another wallet is refused, nothing taken.
+    let direct = "/api/v1/admin/slashes".to_owned();
+    let other_gpu = "0x1111111111111111111111111111111111111111-rig-gpu0";
+    for (bad, hint) in [
+        (
+            json!({ "scope": "miner", "miner_id": other_gpu }),
+            "is not one of",
+        ),
+        (json!({ "scope": "miner" }), "needs `miner_id`"),
+        (
+            json!({ "miner_id": format!("{WALLET}-rig-gpu0") }),
+            "narrows a slash",
+        ),
+    ] {
+        let mut body = json!({ "address": WALLET, "fraction": 1.0, "reason": "test" });
+        body.as_object_mut()
+            .expect("object")
+            .extend(bad.as_object().expect("object").clone());
+        let (status, error) = call(post.clone(), direct.clone(), Some(&admin), Some(body)).await;
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(status, 400, "{error}");
+        assert!(message.contains(hint), "{message}");
+    }
+    let wallet = server.get_json(&format!("/api/v1/wallets/{WALLET}")).await;
+    assert_eq!(
+        wallet["balances"]["waifu"]["micro"], 5_000_000,
+        "nothing taken"
+    );
+    let body = json!({
+        "address": WALLET,
+        "kind": "waifu",
+        "fraction": 1.0,
+        "reason": "everything this season",
+    });
+    let (status, slashed) = call(post, direct, Some(&admin), Some(body)).await;
+    assert_eq!(status, 200, "{slashed}");
+    assert_eq!(slashed["scope"], "wallet");
+    assert_eq!(slashed["season"]["name"], "Season 2");
+    assert_eq!(slashed["slashes"][0]["season_earned"]["micro"], 5_000_000);
+    assert_eq!(slashed["slashes"][0]["balance_after"]["micro"], 0);
 }
 
 on_both_databases!(slashing_a_case_debits_the_wallet_once);

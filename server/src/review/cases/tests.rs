@@ -48,10 +48,14 @@ fn new_case(wallet: &str, check: Check) -> NewCase {
 }
 
 async fn credit(db: &Db, wallet: &str, amount: MicroPoints) {
+    credit_gpu(db, wallet, 0, amount).await;
+}
+
+async fn credit_gpu(db: &Db, wallet: &str, gpu: u32, amount: MicroPoints) {
     let credit = Credit {
         job_id: Uuid::now_v7(),
         wallet: wallet.to_owned(),
-        miner_id: format!("{wallet}-rig-gpu0"),
+        miner_id: format!("{wallet}-rig-gpu{gpu}"),
         model: "sdxl-base-1.0".to_owned(),
         work: Work::Image {
             width: 512,
@@ -77,6 +81,8 @@ async fn credit(db: &Db, wallet: &str, amount: MicroPoints) {
 fn by_fraction(f: f64) -> SlashDecision {
     SlashDecision {
         amount: SlashAmount::Fraction(f),
+        scope: Scope::Wallet,
+        season: crate::points::season::season_at(&[], now_ms()),
         note: "output is noise".to_owned(),
         by: "alice".to_owned(),
     }
@@ -167,7 +173,14 @@ async fn a_slash_takes_the_fraction_and_records_its_ledger_entry() {
         assert_eq!(entries.len(), 1);
         assert_eq!(Some(entries[0].id), case.ledger_entry_id);
         assert_eq!(entries[0].case_id, Some(id));
-        assert_eq!(entries[0].miner_id, case.miner_id);
+        assert_eq!(
+            entries[0].miner_id, None,
+            "a wallet-wide slash names no GPU"
+        );
+        assert_eq!(
+            (case.slash_scope.as_deref(), case.slash_season.as_deref()),
+            (Some("wallet"), Some("all time"))
+        );
         let reason = entries[0].reason.as_deref().expect("reason");
         assert!(reason.contains(&id.to_string()), "{reason}");
         assert!(reason.contains("output is noise"), "{reason}");
@@ -252,7 +265,8 @@ async fn a_case_already_slashed_through_the_ledger_is_not_debited_again() {
                 amount: SlashAmount::Micro(1_000_000),
                 reason: "by hand".to_owned(),
                 case_id: Some(id),
-                miner_id: None,
+                scope: SlashScope::Wallet,
+                season: crate::points::season::season_at(&[], now_ms()),
                 by: "alice".to_owned(),
             },
         )
@@ -264,5 +278,110 @@ async fn a_case_already_slashed_through_the_ledger_is_not_debited_again() {
         assert_eq!(outcome.slashed.balance_after, 3_000_000);
         assert_eq!(outcome.case.slashed_micro, Some(1_000_000));
         assert!(outcome.case.ledger_entry_id.is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_miner_scoped_slash_takes_only_that_gpus_season_points() {
+    for (_dir, db) in databases().await {
+        credit_gpu(&db, WALLET, 0, 2_000_000).await;
+        // Earned before the season began: out of reach of this season's slashes.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        let season = SeasonWindow {
+            name: "S2".to_owned(),
+            starts_ms: now_ms(),
+            ends_ms: None,
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        credit_gpu(&db, WALLET, 0, 4_000_000).await;
+        credit_gpu(&db, WALLET, 1, 10_000_000).await;
+
+        let id = open_case(&db, &new_case(WALLET, Check::Probe))
+            .await
+            .expect("open");
+        let decision = SlashDecision {
+            scope: Scope::Miner,
+            season: season.clone(),
+            ..by_fraction(0.5)
+        };
+        let outcome = slash(&db, id, &decision).await.expect("slash");
+        assert_eq!(
+            outcome.slashed.basis, 4_000_000,
+            "gpu0's points this season"
+        );
+        assert_eq!(outcome.slashed.amount, 2_000_000);
+        assert_eq!(outcome.slashed.balance_after, 14_000_000);
+        assert_eq!(
+            (
+                outcome.case.slash_scope.as_deref(),
+                outcome.case.slash_season.as_deref()
+            ),
+            (Some("miner"), Some("S2"))
+        );
+        let filter = ledger::EntryFilter {
+            wallet: Some(WALLET.to_owned()),
+            entry: Some(ledger::EntryKind::Slash),
+            limit: 10,
+            ..ledger::EntryFilter::default()
+        };
+        let entries = ledger::entries(&db, &filter).await.expect("ledger");
+        assert_eq!(
+            entries[0].miner_id.as_deref(),
+            Some(&*format!("{WALLET}-rig-gpu0"))
+        );
+        let detail: serde_json::Value = serde_json::from_str(&entries[0].detail).expect("json");
+        assert_eq!(
+            (
+                &detail["scope"],
+                &detail["season"],
+                &detail["season_earned"]
+            ),
+            (
+                &serde_json::json!("miner"),
+                &serde_json::json!("S2"),
+                &serde_json::json!(4.0)
+            )
+        );
+
+        // The wallet scope reaches every GPU's season points, never the earlier season's.
+        let wallet_case = open_case(&db, &new_case(WALLET, Check::Probe))
+            .await
+            .expect("open");
+        let decision = SlashDecision {
+            season,
+            ..by_fraction(1.0)
+        };
+        let outcome = slash(&db, wallet_case, &decision).await.expect("slash");
+        assert_eq!(outcome.slashed.basis, 12_000_000, "4 + 10 - 2 this season");
+        assert_eq!(
+            outcome.slashed.balance_after, 2_000_000,
+            "last season's points stay"
+        );
+
+        // A case about no GPU has no miner points to take; it stays open.
+        let no_gpu = open_case(
+            &db,
+            &NewCase {
+                miner_id: None,
+                ..new_case(WALLET, Check::Latency)
+            },
+        )
+        .await
+        .expect("open");
+        let refused = slash(
+            &db,
+            no_gpu,
+            &SlashDecision {
+                scope: Scope::Miner,
+                ..by_fraction(1.0)
+            },
+        )
+        .await;
+        assert!(
+            matches!(refused, Err(DecideError::NoMiner(_))),
+            "{refused:?}"
+        );
+        let case = get(&db, no_gpu).await.expect("get").expect("case");
+        assert_eq!(case.status, "open");
     }
 }
