@@ -72,7 +72,6 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::db::Db;
 use crate::dispatch::Dispatcher;
-use crate::error::ApiError;
 use crate::jobs::Jobs;
 use crate::registry::Registry;
 
@@ -96,16 +95,11 @@ pub struct AppState {
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
-/// The HTTP routes, plus their OpenAPI document at `/openapi.json` and its UI at `/docs`.
+/// The HTTP routes, plus their OpenAPI document at `/openapi.json` and its UI at `/docs`, and
+/// the portal's pages for every other path.
 pub fn app(state: AppState) -> Router {
     openapi::serve(routes())
-        .fallback(|| async {
-            ApiError::NotFound(
-                "no such endpoint; see GET /v1/models, POST /v1/chat/completions and POST \
-                 /v1/jobs (GET /docs lists them all)"
-                    .to_owned(),
-            )
-        })
+        .fallback(portal::site::fallback)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.limiters),

@@ -1,8 +1,9 @@
 //! The cheater lab: honest agents and cheating agents mine the tiny demo models against one
 //! coordinator whose reviewer audits them, re-executing on a trusted validator.
 //!
-//! Honest agents differ the way honest machines do (libtorch thread counts, f32 against bf16
-//! weights). Each cheating agent is `infermine-cheat-agent` (the agent built with the
+//! Honest agents differ the way honest machines do: libtorch thread counts, f32 against bf16
+//! weights, and a CPU of an older generation (libtorch's and MKL's vector kernels held to
+//! what an older instruction set has, so every matmul and activation rounds differently). Each cheating agent is `infermine-cheat-agent` (the agent built with the
 //! test-only `cheat-lab` feature, which the release agent never has) in one mode:
 //! fewer steps, a half-size render scaled up, another model, canned text, tampered weights,
 //! inflated timings, a claimed H100. The lab asserts every cheat is slashed by policy within
@@ -105,14 +106,32 @@ const CHEATS: &[Cheat] = &[
     },
 ];
 
+/// An honest agent: its name, command-line knobs and environment.
+type Honest = (
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
 /// The honest agents: the knobs that make honest machines differ.
-const HONEST: &[(&str, &[&str])] = &[
-    ("honest-default", &[]),
-    ("honest-1-thread", &["--threads", "1"]),
-    ("honest-bf16", &["--precision", "bf16"]),
+const HONEST: &[Honest] = &[
+    ("honest-default", &[], &[]),
+    ("honest-1-thread", &["--threads", "1"], &[]),
+    ("honest-bf16", &["--precision", "bf16"], &[]),
     (
         "honest-2-threads",
         &["--threads", "2", "--precision", "f32"],
+        &[],
+    ),
+    // Another device, as far as a CPU-only machine has one: ATen's portable kernels instead
+    // of AVX2/AVX-512 ones, and MKL's SSE4.2 GEMM. Sums round in another order throughout.
+    (
+        "honest-older-cpu",
+        &[],
+        &[
+            ("ATEN_CPU_CAPABILITY", "default"),
+            ("MKL_ENABLE_INSTRUCTIONS", "SSE4_2"),
+        ],
     ),
 ];
 
@@ -340,7 +359,7 @@ async fn cheater_lab() {
 
     // Honest and cheating miners, each with a wallet of its own.
     let mut miners = Vec::new();
-    for (n, (name, knobs)) in HONEST.iter().enumerate() {
+    for (n, (name, knobs, env)) in HONEST.iter().enumerate() {
         let wallet = wallet(1 + n);
         let token = infermine_server::mint_miner_token(&server.config, &wallet, name)
             .await
@@ -348,7 +367,16 @@ async fn cheater_lab() {
         let mut args = serve(&[LLM, IMAGE], &honest_models);
         args.extend(knobs.iter().map(|k| (*k).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let process = AgentProcess::spawn(&server, &token, &args).await;
+        let binary = agent_binary().expect("agent binary");
+        let process = AgentProcess::spawn_binary(
+            &binary,
+            env,
+            &server.ws(),
+            server.data_dir(),
+            &token,
+            &args,
+        )
+        .await;
         miners.push(Miner {
             miner_id: format!("{wallet}-{name}-gpu0"),
             name: (*name).to_owned(),

@@ -8,6 +8,7 @@
 mod admin;
 mod cases;
 mod review;
+pub mod site;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
