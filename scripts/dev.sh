@@ -317,6 +317,7 @@ banner() {
  infermine is running: coordinator + 1 agent (wallet $demo_wallet), serving
  ${demo_models[*]} (demo models: random weights, gibberish text, noise images) and synthetic-echo
 
+ Portal     $base/wallet/$demo_wallet   (the demo wallet's points and GPU)
  Base URL   $base
  API key    $key   (kept in .dev/api.key)
  Logs       .dev/server.log   .dev/agent.log

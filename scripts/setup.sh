@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up for building infermine: fetches libtorch 2.11.0 (the version tch 0.24
 # binds) from PyPI's torch wheel into a project-local folder, plus the two CUDA runtime
-# libraries libtorch_cpu.so links against. Safe to run again: it does nothing when the
-# right version is already in place.
+# libraries libtorch_cpu.so links against; then installs the web portal's npm packages and
+# builds it into web-portal/dist, which the coordinator serves. Safe to run again: it does
+# nothing when the right versions are already in place and the portal is up to date.
 #
 #   scripts/setup.sh            # installs into ./.libtorch (override: INFERMINE_LIBTORCH_DIR)
 #   scripts/setup.sh --cuda     # also the CUDA libraries libtorch_cuda.so needs (about 1.9 GB),
@@ -126,7 +127,40 @@ install_cuda_libs() {
   echo "setup: CUDA libraries ready in $dest/torch/lib (the NVIDIA driver itself comes from the system)"
 }
 
+# The portal: `npm ci` when its lock file changed, `npm run build` when its sources did.
+build_portal() {
+  local portal="$root/web-portal"
+  [[ -f $portal/package.json ]] || return 0
+  if ! command -v npm >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
+      echo "setup: installing Node.js and npm (Debian packages) for the web portal"
+      apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+    else
+      echo "setup: the web portal needs Node.js 18+ and npm; install them (e.g. 'apt-get install nodejs npm') and run again" >&2
+      exit 1
+    fi
+  fi
+  local lock_sum installed_sum="" sources_sum built_sum=""
+  lock_sum=$(sha256sum "$portal/package-lock.json" | cut -d' ' -f1)
+  [[ -f $portal/node_modules/.infermine-lock ]] && installed_sum=$(cat "$portal/node_modules/.infermine-lock")
+  if [[ $lock_sum != "$installed_sum" ]]; then
+    echo "setup: installing the web portal's packages (npm ci)"
+    (cd "$portal" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$lock_sum" >"$portal/node_modules/.infermine-lock"
+  fi
+  sources_sum=$(cd "$portal" && find index.html src public package-lock.json vite.config.* tsconfig*.json \
+    -type f 2>/dev/null | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
+  [[ -f $portal/node_modules/.infermine-built ]] && built_sum=$(cat "$portal/node_modules/.infermine-built")
+  if [[ $sources_sum != "$built_sum" || ! -f $portal/dist/index.html ]]; then
+    echo "setup: building the web portal (npm run build)"
+    (cd "$portal" && npm run --silent build)
+    echo "$sources_sum" >"$portal/node_modules/.infermine-built"
+  fi
+  echo "setup: web portal built in $portal/dist"
+}
+
 install_libtorch
 if [[ $cuda == 1 ]]; then
   install_cuda_libs
 fi
+build_portal

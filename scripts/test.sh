@@ -80,6 +80,18 @@ else
   echo "INFERMINE_TEST_S3_ENDPOINT=$INFERMINE_TEST_S3_ENDPOINT" >&2
 fi
 
+section "Chromium (for the portal's browser tests)"
+# Debian's package: Playwright drives it (playwright-core, no browser download).
+if [[ -z ${CHROMIUM:-} && ! -x /usr/bin/chromium ]]; then
+  if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    echo "the portal's browser tests need Chromium: install Debian's 'chromium' package or set CHROMIUM" >&2
+    exit 1
+  fi
+fi
+"${CHROMIUM:-/usr/bin/chromium}" --version >&2
+
 section "openai Python client (for the OpenAI-compatibility test)"
 # The official client, installed once into .dev/pyclient (pip --target: no venv package needed).
 OPENAI_CLIENT_VERSION=3.57.0

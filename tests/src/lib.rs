@@ -359,6 +359,23 @@ impl Client {
     }
 }
 
+/// Writes tiny random-weight demo models (`infermine-agent models synth`) into `dir`.
+pub async fn synth_models(dir: &Path, models: &[&str]) {
+    for model in models {
+        let out = tokio::process::Command::new(agent_binary().expect("agent binary"))
+            .args(["models", "synth", "--model", model, "--out"])
+            .arg(dir)
+            .output()
+            .await
+            .expect("run models synth");
+        assert!(
+            out.status.success(),
+            "models synth {model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// A real `infermine-agent` process.
 #[derive(Debug)]
 pub struct AgentProcess {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use infermine_tests::{AgentProcess, Backend, TestServer, agent_binary};
+use infermine_tests::{AgentProcess, Backend, TestServer, agent_binary, synth_models};
 
 #[path = "cheater_lab/figures.rs"]
 mod figures;
@@ -182,23 +182,6 @@ fn cheat_agent_binary() -> PathBuf {
     binary
 }
 
-/// Writes the demo models the lab uses into `dir`.
-async fn synth_models(dir: &Path) {
-    for model in [LLM, OTHER_LLM, IMAGE] {
-        let out = tokio::process::Command::new(agent_binary().expect("agent binary"))
-            .args(["models", "synth", "--model", model, "--out"])
-            .arg(dir)
-            .output()
-            .await
-            .expect("run models synth");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
 /// Copies `from` to `to`, negating every weight of the image model's UNet: finite, loadable,
 /// and a different model.
 fn tamper(from: &Path, to: &Path) {
@@ -308,7 +291,7 @@ async fn cheater_lab() {
     let models = tempfile::tempdir().expect("models dir");
     let honest_models = models.path().join("honest");
     std::fs::create_dir_all(&honest_models).expect("mkdir");
-    synth_models(&honest_models).await;
+    synth_models(&honest_models, &[LLM, OTHER_LLM, IMAGE]).await;
     let tampered_models = models.path().join("tampered");
     tamper(&honest_models, &tampered_models);
     let db = sqlx::SqlitePool::connect(&server.config.database_url())
