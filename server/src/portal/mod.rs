@@ -134,7 +134,8 @@ pub struct WalletView {
     pub balances: Balances,
     /// What the wallet earned (less slashes) in the current season.
     pub season: SeasonBalances,
-    pub miners: Vec<Miner>,
+    /// Its GPUs, each with its last 24 h of work.
+    pub miners: Vec<MinerView>,
     pub boost: Boost,
 }
 
@@ -195,13 +196,16 @@ pub async fn wallet(
     } else {
         Vec::new()
     };
-    let miners = rows
-        .into_iter()
-        .map(|row| {
-            let is_boosted = boosted.contains(&row.miner_id);
-            miner_view(&state, row, is_boosted)
-        })
-        .collect();
+    let mut miners = Vec::with_capacity(rows.len());
+    for row in rows {
+        let is_boosted = boosted.contains(&row.miner_id);
+        let (jobs_24h, mean_latency_ms_24h) = last_day(&state, &row.miner_id).await?;
+        miners.push(MinerView {
+            miner: miner_view(&state, row, is_boosted),
+            jobs_24h,
+            mean_latency_ms_24h,
+        });
+    }
     Ok(Json(WalletView {
         address: wallet,
         balances: balances.into(),
@@ -439,8 +443,7 @@ pub async fn miner(
             "no miner `{miner_id}` has connected to this coordinator; miner ids look like `<wallet>-<rig>-gpu0` (see GET /api/v1/wallets/{{address}})"
         )));
     };
-    let (jobs_24h, latency_sum) =
-        crate::jobs::store::miner_stats(&state.db, &miner_id, now_ms() - DAY_MS).await?;
+    let (jobs_24h, mean_latency_ms_24h) = last_day(&state, &miner_id).await?;
     let (nft_held, _) = holdings::held(&state.db, &row.wallet).await?;
     let boosted = state.config.points.nft_multiplier(nft_held) > 1_000_000 && {
         let seniority = miners::seniority(&state.db, &row.wallet).await?;
@@ -449,8 +452,15 @@ pub async fn miner(
     Ok(Json(MinerView {
         miner: miner_view(&state, row, boosted),
         jobs_24h,
-        mean_latency_ms_24h: (jobs_24h > 0).then(|| latency_sum as f64 / jobs_24h as f64),
+        mean_latency_ms_24h,
     }))
+}
+
+/// A GPU's jobs completed in the last 24 h and their mean latency.
+async fn last_day(state: &AppState, miner_id: &str) -> Result<(i64, Option<f64>), ApiError> {
+    let (jobs, latency_sum) =
+        crate::jobs::store::miner_stats(&state.db, miner_id, now_ms() - DAY_MS).await?;
+    Ok((jobs, (jobs > 0).then(|| latency_sum as f64 / jobs as f64)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

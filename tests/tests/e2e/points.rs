@@ -233,6 +233,18 @@ async fn seven_models_earn_by_the_seed(backend: Backend) {
     let miners = wallet["miners"].as_array().expect("miners");
     assert_eq!(miners.len(), 4);
     assert!(miners.iter().all(|m| m["online"] == true));
+    let jobs_24h: i64 = miners.iter().filter_map(|m| m["jobs_24h"].as_i64()).sum();
+    assert_eq!(
+        jobs_24h,
+        expected_base.len() as i64,
+        "each job once, on its GPU"
+    );
+    assert!(
+        miners
+            .iter()
+            .filter(|m| m["jobs_24h"].as_i64() > Some(0))
+            .all(|m| m["mean_latency_ms_24h"].as_f64().is_some())
+    );
 
     let history = server
         .get_json(&format!(
