@@ -78,6 +78,17 @@ async fn credit_gpu(db: &Db, wallet: &str, gpu: u32, amount: MicroPoints) {
     tx.commit().await.expect("commit");
 }
 
+/// The demo wallet's slash rows, newest first.
+async fn slashes_of_wallet(db: &Db) -> Vec<ledger::EntryRow> {
+    let filter = ledger::EntryFilter {
+        wallet: Some(WALLET.to_owned()),
+        entry: Some(ledger::EntryKind::Slash),
+        limit: 10,
+        ..ledger::EntryFilter::default()
+    };
+    ledger::entries(db, &filter).await.expect("ledger")
+}
+
 fn by_fraction(f: f64) -> SlashDecision {
     SlashDecision {
         amount: SlashAmount::Fraction(f),
@@ -163,13 +174,7 @@ async fn a_slash_takes_the_fraction_and_records_its_ledger_entry() {
         assert_eq!(case.status, "slashed");
         assert_eq!(case.slash_fraction, Some(0.25));
         assert_eq!(case.slashed_micro, Some(2_500_000));
-        let filter = ledger::EntryFilter {
-            wallet: Some(WALLET.to_owned()),
-            entry: Some(ledger::EntryKind::Slash),
-            limit: 10,
-            ..ledger::EntryFilter::default()
-        };
-        let entries = ledger::entries(&db, &filter).await.expect("ledger");
+        let entries = slashes_of_wallet(&db).await;
         assert_eq!(entries.len(), 1);
         assert_eq!(Some(entries[0].id), case.ledger_entry_id);
         assert_eq!(entries[0].case_id, Some(id));
@@ -239,13 +244,7 @@ async fn a_case_is_decided_once_and_never_slashes_twice() {
             won += usize::from(task.await.expect("task"));
         }
         assert_eq!(won, 1);
-        let filter = ledger::EntryFilter {
-            wallet: Some(WALLET.to_owned()),
-            entry: Some(ledger::EntryKind::Slash),
-            limit: 10,
-            ..ledger::EntryFilter::default()
-        };
-        let slashes = ledger::entries(&db, &filter).await.expect("ledger");
+        let slashes = slashes_of_wallet(&db).await;
         assert!(slashes.len() <= 2);
     }
 }
@@ -318,13 +317,7 @@ async fn a_miner_scoped_slash_takes_only_that_gpus_season_points() {
             ),
             (Some("miner"), Some("S2"))
         );
-        let filter = ledger::EntryFilter {
-            wallet: Some(WALLET.to_owned()),
-            entry: Some(ledger::EntryKind::Slash),
-            limit: 10,
-            ..ledger::EntryFilter::default()
-        };
-        let entries = ledger::entries(&db, &filter).await.expect("ledger");
+        let entries = slashes_of_wallet(&db).await;
         assert_eq!(
             entries[0].miner_id.as_deref(),
             Some(&*format!("{WALLET}-rig-gpu0"))
