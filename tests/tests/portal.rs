@@ -1,6 +1,6 @@
 //! The portal in a real browser. A coordinator (SQLite, embedded S3) and a real agent serving
 //! tiny demo models mine chat and image jobs for the demo wallet, which holds NFTs; an admin
-//! slashes it once by hand and two anti-cheat cases are opened against it with evidence that
+//! slashes it once by hand and three anti-cheat cases are opened against it with evidence that
 //! points at the stored images and text. Then the browser tests in `web-portal/tests/` drive
 //! headless Chromium over every page (Playwright's `playwright-core`, Debian's `chromium`):
 //! they read the API and assert the pages show the same numbers and rows, sign in with an
@@ -175,7 +175,7 @@ async fn portal_in_a_real_browser() {
         .expect("slash");
     assert!(slash.status().is_success(), "{}", slash.status());
 
-    // Two open cases: an image unlike its re-execution (the second image job stands in for
+    // Open cases: an image unlike its re-execution (the second image job stands in for
     // the validator's), and a completion with its per-token scores.
     let miner_id = format!("{WALLET}-portal-rig-gpu0");
     let image_evidence = json!({
@@ -205,6 +205,12 @@ async fn portal_in_a_real_browser() {
         "token_scores": token_scores,
         "problem": "1 of 8 tokens could not have been sampled",
     });
+    // And one about timings, for the dismiss button.
+    let latency_evidence = json!({
+        "job": chats[1],
+        "reported_ms": 900, "observed_ms": 410,
+        "problem": "reported inference time exceeds what the coordinator saw",
+    });
     let mut case_ids = Vec::new();
     for (job, kind, check, evidence) in [
         (
@@ -218,6 +224,12 @@ async fn portal_in_a_real_browser() {
             infermine_server::points::PointsKind::Llama,
             Check::LlmTeacherForcing,
             llm_evidence,
+        ),
+        (
+            &chats[1],
+            infermine_server::points::PointsKind::Llama,
+            Check::Latency,
+            latency_evidence,
         ),
     ] {
         let id = cases::open_case(
@@ -254,6 +266,7 @@ async fn portal_in_a_real_browser() {
         .env("PORTAL_ADMIN_TOKEN", &admin)
         .env("PORTAL_CASE_ID", case_ids[0].to_string())
         .env("PORTAL_LLM_CASE_ID", case_ids[1].to_string())
+        .env("PORTAL_DISMISS_CASE_ID", case_ids[2].to_string())
         .env("PORTAL_SIGNER_KEY", &signer)
         .env("PORTAL_SCREENSHOTS", &screenshots)
         .env("CHROMIUM", &chromium)
