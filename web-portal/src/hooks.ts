@@ -1,0 +1,46 @@
+import { useCallback, useEffect, useRef, useState } from 'react';
+
+export type Loadable<T> =
+  | { state: 'loading'; data?: undefined; error?: undefined }
+  | { state: 'ok'; data: T; error?: undefined }
+  | { state: 'error'; data?: undefined; error: Error };
+
+/**
+ * Runs `load` whenever `key` changes (a null key loads nothing), aborting the previous run.
+ * `reload` runs it again with the same key.
+ */
+export function useLoad<T>(
+  key: string | null,
+  load: (signal: AbortSignal) => Promise<T>,
+): Loadable<T> & { reload: () => void } {
+  const [result, setResult] = useState<Loadable<T>>({ state: 'loading' });
+  const [generation, setGeneration] = useState(0);
+  const loadRef = useRef(load);
+  loadRef.current = load;
+
+  useEffect(() => {
+    if (key === null) return;
+    const controller = new AbortController();
+    setResult({ state: 'loading' });
+    loadRef.current(controller.signal).then(
+      (data) => {
+        if (!controller.signal.aborted) setResult({ state: 'ok', data });
+      },
+      (error: unknown) => {
+        if (controller.signal.aborted) return;
+        setResult({ state: 'error', error: error instanceof Error ? error : new Error(String(error)) });
+      },
+    );
+    return () => controller.abort();
+  }, [key, generation]);
+
+  const reload = useCallback(() => setGeneration((g) => g + 1), []);
+  return { ...result, reload };
+}
+
+/** Sets the document title while a page is shown. */
+export function useTitle(title: string): void {
+  useEffect(() => {
+    document.title = title ? `${title} · infermine` : 'infermine';
+  }, [title]);
+}

@@ -1,0 +1,123 @@
+// The leaderboard and rules pages against the API, and deep links: every page loads at its
+// own URL and survives a reload.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { LEADERBOARD_LIMIT, formatMultiplier, formatPoints } from '../src/shared.js';
+import { api, launch, micro, need, newPage, problemsOf, screenshot } from './helpers.mjs';
+
+describe('leaderboard, rules and deep links', () => {
+  /** @type {import('playwright-core').Browser} */
+  let browser;
+
+  before(async () => {
+    browser = await launch();
+  });
+  after(async () => {
+    await browser?.close();
+  });
+
+  async function expectBoard(page, kind, period) {
+    const board = await api(`/api/v1/leaderboard?kind=${kind}&period=${period}&limit=${LEADERBOARD_LIMIT}`);
+    if (board.rows.length === 0) {
+      await page.getByTestId('leaderboard-empty').waitFor();
+      return board;
+    }
+    const rows = page.getByTestId('leaderboard-row');
+    await page.waitForFunction(
+      ([n, first]) => {
+        const rows = document.querySelectorAll('[data-testid="leaderboard-row"]');
+        return rows.length === n && rows[0]?.getAttribute('data-address') === first;
+      },
+      [board.rows.length, board.rows[0].address],
+    );
+    for (const [i, row] of board.rows.entries()) {
+      const shown = rows.nth(i);
+      assert.equal(await shown.getAttribute('data-address'), row.address, `${kind}/${period} row ${i} address`);
+      assert.equal(await shown.getByTestId('leaderboard-rank').textContent(), String(row.rank));
+      const points = shown.getByTestId('leaderboard-points');
+      assert.equal(await micro(points), row.points.micro, `${kind}/${period} row ${i} micro`);
+      assert.equal(await points.textContent(), formatPoints(row.points.points), `${kind}/${period} row ${i} text`);
+    }
+    return board;
+  }
+
+  it('shows the leaderboard rows the API gives, per kind and period', async () => {
+    const page = await newPage(browser);
+    let nonEmpty = 0;
+    for (const kind of ['waifu', 'llama']) {
+      for (const period of ['24h', '7d', 'season', 'all']) {
+        await page.goto(`/leaderboard?kind=${kind}&period=${period}`);
+        const board = await expectBoard(page, kind, period);
+        nonEmpty += board.rows.length > 0 ? 1 : 0;
+      }
+    }
+    assert.ok(nonEmpty > 0, 'the seeded server has leaderboard rows');
+    // The controls change the URL and the rows.
+    await page.goto('/leaderboard');
+    await page.getByTestId('leaderboard-kind-llama').check();
+    await page.getByTestId('leaderboard-period').selectOption('all');
+    await page.waitForURL(/kind=llama/);
+    assert.match(page.url(), /period=all/);
+    await expectBoard(page, 'llama', 'all');
+    await screenshot(page, 'leaderboard');
+    assert.deepEqual(problemsOf(page), []);
+  });
+
+  it("shows each model's multiplier and the tables from /api/v1/rules", async () => {
+    const rules = await api('/api/v1/rules');
+    const page = await newPage(browser);
+    await page.goto('/rules');
+    await page.getByTestId('rule-model-row').first().waitFor();
+    assert.equal(await page.getByTestId('rule-model-row').count(), rules.models.length);
+    for (const model of rules.models) {
+      const row = page.locator(`[data-testid="rule-model-row"][data-model-id="${model.id}"]`);
+      assert.equal(await row.count(), 1, `a row for ${model.id}`);
+      assert.equal(await row.getByTestId('rule-multiplier').textContent(), formatMultiplier(model.multiplier), model.id);
+    }
+    assert.equal(await page.getByTestId('formula-waifu').textContent(), rules.formulas.waifu);
+    assert.equal(await page.getByTestId('formula-llama').textContent(), rules.formulas.llama);
+    assert.equal(await page.getByTestId('formula-latency').textContent(), rules.formulas.latency);
+    if (rules.boosts.nft.length) {
+      assert.equal(await page.getByTestId('boost-nft-table').locator('tbody tr').count(), rules.boosts.nft.length);
+    }
+    assert.match(await page.getByTestId('gpus-per-nft').textContent(), new RegExp(`up to ${rules.boosts.gpus_per_nft} `));
+    await screenshot(page, 'rules');
+    assert.deepEqual(problemsOf(page), []);
+  });
+
+  it('loads every page at its own URL and again on reload', async () => {
+    const wallet = need('PORTAL_WALLET').toLowerCase();
+    const adminToken = need('PORTAL_ADMIN_TOKEN');
+    const caseId = need('PORTAL_CASE_ID');
+    const page = await newPage(browser);
+    /** @type {[string, string][]} */
+    const pages = [
+      ['/', 'lookup-input'],
+      [`/wallet/${wallet}`, 'balance-waifu-all'],
+      ['/leaderboard?kind=llama&period=all', 'leaderboard-period'],
+      ['/rules', 'rule-model-row'],
+      ['/admin', 'admin-token-form'],
+      ['/no/such/page', 'not-found'],
+    ];
+    for (const [path, marker] of pages) {
+      const response = await page.goto(path);
+      assert.equal(response?.status(), 200, `${path} answers 200`);
+      await page.getByTestId(marker).first().waitFor();
+      await page.reload();
+      await page.getByTestId(marker).first().waitFor();
+      assert.equal(new URL(page.url()).pathname + new URL(page.url()).search, path);
+    }
+    assert.equal(await page.getByTestId('leaderboard-period').count(), 0);
+    // The admin case page, with the token entered once for the tab.
+    await page.goto('/admin');
+    await page.getByTestId('admin-token-input').fill(adminToken);
+    await page.getByTestId('admin-token-submit').click();
+    await page.getByTestId('admin-signed-in').waitFor();
+    await page.goto(`/admin/cases/${caseId}`);
+    await page.locator(`[data-testid="case-detail"][data-case-id="${caseId}"]`).waitFor();
+    await page.reload();
+    await page.locator(`[data-testid="case-detail"][data-case-id="${caseId}"]`).waitFor();
+    assert.deepEqual(problemsOf(page), []);
+  });
+});
