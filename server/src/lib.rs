@@ -31,7 +31,7 @@
 //!   `/points-history`), `/api/v1/miners/{miner_id}`, `/api/v1/leaderboard`,
 //!   `/api/v1/slashes`, `/api/v1/rules`;
 //! - operators ([`portal`], [`evidence`], [`wallet`]): `/api/v1/admin/…`;
-//! - health: `GET /healthz`, `GET /v1/status`.
+//! - operations ([`ops`]): `GET /healthz`, `GET /readyz`, `GET /v1/status`.
 //!
 //! [`run`] serves all of it on a listener until a shutdown future resolves; [`app`] builds the
 //! router for tests that want it without a socket.
@@ -49,6 +49,7 @@ pub mod limits;
 pub mod miners;
 pub mod openai;
 pub mod openapi;
+pub mod ops;
 pub mod points;
 pub mod portal;
 pub mod registry;
@@ -112,8 +113,7 @@ pub fn app(state: AppState) -> Router {
 /// router [`app`] serves and the document [`openapi::spec`] gives are one list.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
-        .routes(routes!(healthz))
-        .routes(routes!(status))
+        .merge(ops::routes())
         .routes(routes!(points::rules::rules))
         .routes(routes!(jobs::api::submit))
         .routes(routes!(jobs::api::get, jobs::api::cancel))
@@ -122,58 +122,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(portal::routes())
         .merge(wallet::routes())
         .merge(evidence::routes())
-}
-
-/// Answers `ok` while the process serves HTTP.
-#[utoipa::path(get, path = "/healthz", tag = "meta", operation_id = "healthz",
-    responses((status = 200, description = "alive", body = String, content_type = "text/plain",
-        example = "ok")))]
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-/// `GET /v1/status` body.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct CoordinatorStatus {
-    /// Agents connected.
-    pub agents: usize,
-    /// Their slots: one per GPU.
-    pub slots: usize,
-    /// Jobs waiting for a slot.
-    pub queued: usize,
-    /// Jobs leased to agents now.
-    pub leased: usize,
-    /// True once shutdown began: no new assignments.
-    pub draining: bool,
-    pub storage: StorageStatus,
-}
-
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct StorageStatus {
-    /// The S3 endpoint objects go to.
-    pub endpoint: String,
-    /// Objects waiting to be uploaded.
-    pub spool: storage::SpoolStats,
-}
-
-/// `GET /v1/status`: what the dispatcher holds right now.
-#[utoipa::path(get, path = "/v1/status", tag = "meta", operation_id = "status",
-    responses((status = 200, description = "the dispatcher's counts", body = CoordinatorStatus)))]
-async fn status(
-    axum::extract::State(state): axum::extract::State<AppState>,
-) -> axum::Json<CoordinatorStatus> {
-    let snapshot = state.dispatcher.snapshot().await;
-    axum::Json(CoordinatorStatus {
-        agents: snapshot.agents,
-        slots: snapshot.slots,
-        queued: snapshot.queued,
-        leased: snapshot.leased,
-        draining: *state.closing.borrow(),
-        storage: StorageStatus {
-            endpoint: state.storage.endpoint().to_owned(),
-            spool: state.storage.spool(),
-        },
-    })
 }
 
 /// Opens the database named by `config` and applies the migrations.

@@ -193,6 +193,15 @@ impl Db {
         }))
     }
 
+    /// Answers when the database does: a `SELECT 1` on the read pool.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let select = sea_query::Query::select()
+            .expr(sea_query::Expr::val(1i64))
+            .to_owned();
+        let _: Option<(i64,)> = self.fetch_optional(&select).await?;
+        Ok(())
+    }
+
     /// Moves SQLite's write-ahead log into the database file without blocking writers.
     /// Called periodically; a no-op on PostgreSQL.
     pub async fn checkpoint(&self) -> Result<(), DbError> {

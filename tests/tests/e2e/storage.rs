@@ -224,6 +224,15 @@ async fn image_uploaded_to_a_presigned_url(backend: Backend, store: ObjectStore)
     assert!(err.to_string().contains("HTTP 403"), "{err}");
 }
 
+/// `GET /readyz`: status and body.
+async fn readyz(server: &TestServer) -> (u16, Value) {
+    let response = reqwest::get(format!("{}/readyz", server.http()))
+        .await
+        .expect("readyz");
+    let code = response.status().as_u16();
+    (code, response.json().await.expect("JSON"))
+}
+
 async fn an_outage_loses_nothing(backend: Backend, store: ObjectStore) {
     // S3 is down from the start: an endpoint where nothing listens.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -267,6 +276,11 @@ async fn an_outage_loses_nothing(backend: Backend, store: ObjectStore) {
     assert!(status["storage"]["spool"]["bytes"].as_u64().expect("bytes") > 0);
     // Spooled objects are readable already (the reviewer need not wait for S3).
     assert_eq!(objects_of(&server, &admin, &ids[0]).await.len(), 3);
+    // Alive, but not ready: a load balancer should route around it.
+    let (code, ready) = readyz(&server).await;
+    assert_eq!((code, &ready["ready"]), (503, &json!(false)), "{ready}");
+    assert_eq!(ready["database"], "ok");
+    assert_ne!(ready["storage"], "ok", "{ready}");
 
     // Restart with S3 back: the spool survives and drains.
     agent.kill().await;
@@ -278,6 +292,12 @@ async fn an_outage_loses_nothing(backend: Backend, store: ObjectStore) {
             s["storage"]["spool"]["objects"] == 0
         })
         .await;
+    let (code, ready) = readyz(&server).await;
+    assert_eq!(code, 200, "{ready}");
+    assert_eq!(
+        (&ready["database"], &ready["storage"], &ready["draining"]),
+        (&json!("ok"), &json!("ok"), &json!(false))
+    );
     for id in &ids {
         let objects = objects_of(&server, &admin, id).await;
         assert_eq!(
