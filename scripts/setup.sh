@@ -8,16 +8,19 @@
 #   scripts/setup.sh            # installs into ./.libtorch (override: INFERMINE_LIBTORCH_DIR)
 #   scripts/setup.sh --cuda     # also the CUDA libraries libtorch_cuda.so needs (about 1.9 GB),
 #                               # for agents on NVIDIA GPUs; the driver comes from the system
+#   scripts/setup.sh --no-portal  # skip the web portal (an agent-only build needs no npm)
 #
 # Building afterwards needs no variables: .cargo/config.toml points LIBTORCH at
 # ./.libtorch/torch and the agent embeds an rpath to its lib/ folder.
 set -euo pipefail
 
 cuda=0
+portal=1
 for arg in "$@"; do
   case $arg in
     --cuda) cuda=1 ;;
-    *) echo "setup: unknown argument '$arg' (known: --cuda)" >&2; exit 2 ;;
+    --no-portal) portal=0 ;;
+    *) echo "setup: unknown argument '$arg' (known: --cuda, --no-portal)" >&2; exit 2 ;;
   esac
 done
 
@@ -163,4 +166,6 @@ install_libtorch
 if [[ $cuda == 1 ]]; then
   install_cuda_libs
 fi
-build_portal
+if [[ $portal == 1 ]]; then
+  build_portal
+fi
