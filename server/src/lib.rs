@@ -31,7 +31,8 @@
 //!   `/points-history`), `/api/v1/miners/{miner_id}`, `/api/v1/leaderboard`,
 //!   `/api/v1/slashes`, `/api/v1/rules`;
 //! - operators ([`portal`], [`evidence`], [`wallet`]): `/api/v1/admin/…`;
-//! - operations ([`ops`]): `GET /healthz`, `GET /readyz`, `GET /v1/status`.
+//! - operations ([`ops`], [`metrics`]): `GET /healthz`, `GET /readyz`, `GET /v1/status`,
+//!   `GET /metrics`.
 //!
 //! [`run`] serves all of it on a listener until a shutdown future resolves; [`app`] builds the
 //! router for tests that want it without a socket.
@@ -46,6 +47,7 @@ pub mod gateway;
 pub mod jobs;
 pub mod ledger;
 pub mod limits;
+pub mod metrics;
 pub mod miners;
 pub mod openai;
 pub mod openapi;
@@ -114,6 +116,7 @@ pub fn app(state: AppState) -> Router {
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(ops::routes())
+        .merge(metrics::routes())
         .routes(routes!(points::rules::rules))
         .routes(routes!(jobs::api::submit))
         .routes(routes!(jobs::api::get, jobs::api::cancel))

@@ -100,12 +100,14 @@ pub trait AssignSink: Send + Sync + 'static {
 }
 
 /// Counts the dispatcher reports, for metrics and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub agents: usize,
     pub slots: usize,
     pub queued: usize,
     pub leased: usize,
+    /// Queued jobs per model (both lanes).
+    pub queued_by_model: std::collections::BTreeMap<String, usize>,
 }
 
 enum Command {
@@ -399,11 +401,16 @@ impl<S: AssignSink> State<S> {
             Command::Cancel { job } => self.cancel(job),
             Command::Drain => self.draining = true,
             Command::Snapshot(reply) => {
+                let mut queued_by_model = std::collections::BTreeMap::new();
+                for ((model, _), queue) in &self.queues {
+                    *queued_by_model.entry(model.clone()).or_insert(0) += queue.len();
+                }
                 let _ = reply.send(Snapshot {
                     agents: self.agents.len(),
                     slots: self.slots.len(),
                     queued: self.queues.values().map(VecDeque::len).sum(),
                     leased: self.leases.len(),
+                    queued_by_model,
                 });
             }
             Command::Serving {

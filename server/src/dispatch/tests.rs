@@ -137,7 +137,8 @@ async fn jobs_wait_for_a_slot_with_their_model_and_go_oldest_first() {
             agents: 1,
             slots: 1,
             queued: 2,
-            leased: 1
+            leased: 1,
+            queued_by_model: [("a".to_owned(), 1), ("b".to_owned(), 1)].into(),
         }
     );
 

@@ -314,6 +314,7 @@ impl Jobs {
             review_of: None,
         };
         self.writer.insert(new).await?;
+        self.metrics.job_submitted(model);
         let follow = self.live.add_followed(id, api_key, stream);
         let lease = self.lease_for(model, &params);
         self.dispatcher.enqueue(QueuedJob {

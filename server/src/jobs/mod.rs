@@ -21,6 +21,7 @@ use crate::dispatch::{
     AssignSink, Assignment, Dispatcher, LostReason, Outbound, QueuedJob, SessionId,
 };
 use crate::ledger::{Credit, holdings};
+use crate::metrics::{JobEnd, Metrics};
 use crate::points::{self, PointsConfig, PointsKind, Work};
 use crate::registry::Registry;
 use crate::storage::{Storage, StorageError};
@@ -87,6 +88,7 @@ pub struct Jobs {
     live: Live,
     writer: Writer,
     storage: Storage,
+    metrics: Arc<Metrics>,
 }
 
 impl Jobs {
@@ -108,11 +110,17 @@ impl Jobs {
             writer: Writer::spawn(db.clone()),
             storage,
             db,
+            metrics: Arc::default(),
         })
     }
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The coordinator's metrics (`GET /metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn inflight(&self) -> MutexGuard<'_, HashMap<JobId, Inflight>> {
@@ -215,6 +223,7 @@ impl Jobs {
             })
             .await?;
         self.live.add(id, None);
+        self.metrics.job_submitted(model);
         let lease = self.lease_for(model, &params);
         self.dispatcher.enqueue(QueuedJob {
             id,
@@ -318,6 +327,7 @@ impl Jobs {
             )
             .await?
         };
+        let earned = credit.as_ref().map(|c| (c.accrual.kind, c.accrual.amount));
         let completion = Completion {
             id: job,
             session,
@@ -333,6 +343,11 @@ impl Jobs {
         };
         if !stored {
             return Err(Refusal::NotLeased(job));
+        }
+        self.metrics
+            .job_finished(&inflight.model, JobEnd::Completed);
+        if let Some((kind, micro)) = earned {
+            self.metrics.points_issued(kind, micro);
         }
         self.dispatcher
             .finished(job, session, Some(inflight.assigned_at.elapsed()));
@@ -438,16 +453,21 @@ impl Jobs {
     ) -> Result<(), Refusal> {
         let retry_within = retryable.then_some(self.limits.max_attempts);
         let end = store::end_attempt(&self.db, job, Some(session), reason, retry_within).await?;
-        self.inflight().remove(&job);
+        let model = self.inflight().remove(&job).map(|f| f.model);
         self.dispatcher.finished(job, session, None);
-        self.settle(job, end);
+        self.settle(job, end, model.as_deref());
         Ok(())
     }
 
-    fn settle(&self, job: JobId, end: AttemptEnd) {
+    /// Acts on how an attempt ended; `model` is the job's, when known, for the metrics.
+    fn settle(&self, job: JobId, end: AttemptEnd, model: Option<&str>) {
         match end {
             AttemptEnd::Requeued(row) => self.enqueue_row(row),
-            AttemptEnd::Failed => self.live.finish(job, None),
+            AttemptEnd::Failed => {
+                self.metrics
+                    .job_finished(model.unwrap_or("unknown"), JobEnd::Failed);
+                self.live.finish(job, None);
+            }
             AttemptEnd::NotLeased => {}
         }
     }
@@ -476,6 +496,8 @@ impl Jobs {
             self.dispatcher.release(job.id, session);
             return Ok(());
         };
+        let waited = u64::try_from(assigned_ms - job.created_ms).unwrap_or(0);
+        self.metrics.dispatched(Duration::from_millis(waited));
         self.inflight().insert(
             job.id,
             Inflight {
@@ -525,7 +547,7 @@ impl Jobs {
     }
 
     async fn lose_lease(&self, job: JobId, session: SessionId, reason: LostReason) {
-        self.inflight().remove(&job);
+        let model = self.inflight().remove(&job).map(|f| f.model);
         match store::end_attempt(
             &self.db,
             job,
@@ -539,7 +561,7 @@ impl Jobs {
                 if !matches!(end, AttemptEnd::NotLeased) {
                     tracing::info!(%job, %session, reason = reason.as_str(), requeued = matches!(end, AttemptEnd::Requeued(_)), "lease lost");
                 }
-                self.settle(job, end);
+                self.settle(job, end, model.as_deref());
             }
             Err(e) => {
                 tracing::error!(%job, error = %e, "could not requeue a lost lease; the sweeper will retry")
@@ -565,7 +587,7 @@ impl Jobs {
         let cutoff = now_ms() - i64::try_from(self.limits.lease_grace.as_millis()).unwrap_or(0) * 2;
         for job in store::overdue_leases(&self.db, cutoff).await? {
             tracing::warn!(%job, "lease overdue without a dispatcher timer; requeueing");
-            self.inflight().remove(&job);
+            let model = self.inflight().remove(&job).map(|f| f.model);
             let end = store::end_attempt(
                 &self.db,
                 job,
@@ -574,7 +596,7 @@ impl Jobs {
                 Some(self.limits.max_attempts),
             )
             .await?;
-            self.settle(job, end);
+            self.settle(job, end, model.as_deref());
         }
         Ok(())
     }

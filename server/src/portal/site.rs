@@ -18,9 +18,17 @@ use crate::error::ApiError;
 #[allow_missing = true]
 struct Site;
 
-/// First path segments that belong to the API: unknown paths under them are API errors, not
-/// pages.
-const API_SEGMENTS: [&str; 4] = ["api", "v1", "docs", "openapi.json"];
+/// First path segments that belong to the API (besides `v1`, `v2`, …): unknown paths under
+/// them are API errors, not pages.
+const API_SEGMENTS: [&str; 3] = ["api", "docs", "openapi.json"];
+
+/// Whether a path's first segment belongs to the API.
+fn is_api(first: &str) -> bool {
+    let versioned = first
+        .strip_prefix('v')
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    versioned || API_SEGMENTS.contains(&first)
+}
 
 /// What the pages may load: their own scripts and styles, images from the API and blobs.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' blob: data:; \
@@ -39,7 +47,7 @@ pub async fn fallback(method: Method, uri: Uri, headers: HeaderMap) -> Response 
     let path = uri.path().trim_start_matches('/');
     let is_read = method == Method::GET || method == Method::HEAD;
     let first = path.split('/').next().unwrap_or_default();
-    if !is_read || API_SEGMENTS.contains(&first) {
+    if !is_read || is_api(first) {
         return api_not_found();
     }
     if !path.is_empty()
@@ -127,7 +135,13 @@ mod tests {
 
     #[tokio::test]
     async fn api_paths_keep_the_api_404_and_pages_get_the_portal() {
-        for path in ["/api/v1/nope", "/v1/nothing", "/api", "/docs/x"] {
+        for path in [
+            "/api/v1/nope",
+            "/v1/nothing",
+            "/v2/nothing",
+            "/api",
+            "/docs/x",
+        ] {
             let response = get(path).await;
             assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
             assert!(content_type(&response).contains("json"), "{path}");

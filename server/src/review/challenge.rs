@@ -438,13 +438,16 @@ pub async fn expire(state: &AppState) -> Result<(), DbError> {
 
 async fn settle(state: &AppState, open: Open, outcome: Outcome) -> Result<(), DbError> {
     state.challenges.count(&outcome);
+    let metrics = state.jobs.metrics();
     let problem = match outcome {
         Outcome::Passed => {
+            metrics.review_outcome("challenge", "passed");
             tracing::debug!(miner_id = %open.miner_id, ask = ?open.ask, "challenge passed");
             return Ok(());
         }
         Outcome::Unverifiable(why) => {
             tracing::warn!(miner_id = %open.miner_id, ask = ?open.ask, %why, "challenge left unjudged");
+            metrics.review_outcome("challenge", "unjudged");
             return Ok(());
         }
         Outcome::Failed(problem) => problem,

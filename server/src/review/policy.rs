@@ -41,6 +41,10 @@ pub async fn open_case(
         wallet,
         model,
     } = *subject;
+    state
+        .jobs
+        .metrics()
+        .review_outcome(failure.check.as_str(), "failed");
     let kind = state
         .jobs
         .registry()

@@ -333,6 +333,10 @@ impl Reviewer {
         };
         match outcome {
             Ok(Ok(verdict)) => {
+                self.state
+                    .jobs
+                    .metrics()
+                    .review_outcome("re_execution", "passed");
                 if store::decide(&db, review.job_id, ReviewStatus::Passed, &verdict).await? {
                     self.settled(
                         &review.miner_id,

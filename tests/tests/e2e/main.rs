@@ -11,6 +11,7 @@ mod frames;
 mod images;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod openai_client;
 mod openai_errors;
 mod openapi;
