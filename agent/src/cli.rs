@@ -29,6 +29,11 @@ pub fn main(before_run: impl FnOnce(&AgentConfig) -> Result<(), String>) -> Exit
     let args = match cli.command {
         Command::Run(args) => args,
         Command::Models(ModelsCommand::Synth { models, out }) => return synth(&models, &out),
+        Command::Models(ModelsCommand::Pull {
+            models,
+            coordinator,
+            out,
+        }) => return pull(&models, &coordinator, &out),
     };
     let config = match AgentConfig::load(&args) {
         Ok(config) => config,
@@ -58,6 +63,35 @@ pub fn main(before_run: impl FnOnce(&AgentConfig) -> Result<(), String>) -> Exit
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// `models pull`: downloads each model's missing files and says what it did.
+fn pull(models: &[String], coordinator: &str, out: &Path) -> ExitCode {
+    for model in models {
+        let outcome = crate::models::fetch_manifest(coordinator, model)
+            .map_err(|e| e.to_string())
+            .and_then(|manifest| {
+                crate::download::pull(&out.join(model), &manifest).map_err(|e| e.to_string())
+            });
+        match outcome {
+            Ok(files) => {
+                let fetched = files
+                    .iter()
+                    .filter(|(_, f)| *f != crate::download::Fetched::Present)
+                    .count();
+                tracing::info!(
+                    "model {model}: {} files in {}, {fetched} downloaded now",
+                    files.len(),
+                    out.join(model).display()
+                );
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `models synth`: writes each requested demo model and says where.

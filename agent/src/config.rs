@@ -52,6 +52,20 @@ pub enum ModelsCommand {
         #[arg(long, value_name = "DIR", default_value = "models")]
         out: PathBuf,
     },
+    /// Download models into OUT/ID/ from the URLs in the coordinator's manifest: resumable
+    /// (run it again after an interruption), checked against the registry's SHA-256, with
+    /// the free disk space checked first. HF_TOKEN is sent to huggingface.co.
+    Pull {
+        /// Model id, as the coordinator lists it (GET /v1/models); repeat for several.
+        #[arg(long = "model", value_name = "ID", required = true)]
+        models: Vec<String>,
+        /// The coordinator whose registry names the files (ws://, wss://, http:// or https://).
+        #[arg(long, env = "INFERMINE_AGENT_COORDINATOR", value_name = "URL")]
+        coordinator: String,
+        /// Models folder to write into (the agent's --models-dir).
+        #[arg(long, value_name = "DIR", default_value = "models")]
+        out: PathBuf,
+    },
 }
 
 /// Options of `infermine-agent run`. Each may also come from its environment variable or, by

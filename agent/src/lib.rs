@@ -42,6 +42,7 @@ pub mod cheat;
 pub mod cli;
 pub mod config;
 pub mod cuda;
+pub mod download;
 pub mod engine;
 mod error;
 mod gpu;

@@ -301,7 +301,10 @@ mod tests {
             "infermine_jobs_finished_total{model=\"tiny-llama\",state=\"failed\"} 1",
             "infermine_dispatch_latency_seconds_bucket{le=\"0.004\"} 1",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
         }
     }
 }
