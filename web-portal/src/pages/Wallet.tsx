@@ -24,6 +24,12 @@ function seasonWindow(wallet: WalletView): string {
   return `${formatTime(starts_ms)} to ${ends_ms ? formatTime(ends_ms) : 'now'}`;
 }
 
+/** The two kinds of points, in the order the balances table shows them. */
+const BALANCE_ROWS = [
+  { kind: 'waifu', label: 'Waifu', work: 'images' },
+  { kind: 'llama', label: 'Llama', work: 'LLMs' },
+] as const;
+
 function BalancesCard({ wallet }: { wallet: WalletView }) {
   return (
     <section aria-labelledby="balances-heading" className="card">
@@ -48,28 +54,19 @@ function BalancesCard({ wallet }: { wallet: WalletView }) {
             </tr>
           </thead>
           <tbody>
-            <tr>
-              <th scope="row">
-                <span className="kind kind-waifu">Waifu</span> <span className="muted">images</span>
-              </th>
-              <td className="num big">
-                <Points amount={wallet.balances.waifu} testId="balance-waifu-all" />
-              </td>
-              <td className="num big">
-                <Points amount={wallet.season.waifu} testId="balance-waifu-season" />
-              </td>
-            </tr>
-            <tr>
-              <th scope="row">
-                <span className="kind kind-llama">Llama</span> <span className="muted">LLMs</span>
-              </th>
-              <td className="num big">
-                <Points amount={wallet.balances.llama} testId="balance-llama-all" />
-              </td>
-              <td className="num big">
-                <Points amount={wallet.season.llama} testId="balance-llama-season" />
-              </td>
-            </tr>
+            {BALANCE_ROWS.map(({ kind, label, work }) => (
+              <tr key={kind}>
+                <th scope="row">
+                  <span className={`kind kind-${kind}`}>{label}</span> <span className="muted">{work}</span>
+                </th>
+                <td className="num big">
+                  <Points amount={wallet.balances[kind]} testId={`balance-${kind}-all`} />
+                </td>
+                <td className="num big">
+                  <Points amount={wallet.season[kind]} testId={`balance-${kind}-season`} />
+                </td>
+              </tr>
+            ))}
           </tbody>
         </table>
       </div>
