@@ -259,6 +259,7 @@ pub async fn run(
 
     let drain_timeout = Duration::from_secs(config.drain_timeout_s);
     let drain_dispatcher = dispatcher.clone();
+    let drain_jobs = Arc::clone(&jobs);
     let graceful = async move {
         shutdown.await;
         tracing::info!("shutting down: draining running jobs");
@@ -267,6 +268,10 @@ pub async fn run(
         while drain_dispatcher.snapshot().await.leased > 0 && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // What did not finish goes back to the queue now, not at the next start.
+        if let Err(e) = drain_jobs.release_inflight().await {
+            tracing::error!(error = %e, "could not requeue unfinished jobs; the next start will");
         }
         let _ = closing_tx.send(true);
     };

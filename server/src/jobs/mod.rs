@@ -174,6 +174,21 @@ impl Jobs {
         Ok(count)
     }
 
+    /// Shutdown, once the drain deadline has passed: every job still leased to this
+    /// coordinator's agents goes back to the queue, for the next start (or another replica).
+    /// Returns how many.
+    pub async fn release_inflight(&self) -> Result<u64, DbError> {
+        let leased: Vec<JobId> = self.inflight().keys().copied().collect();
+        let released = store::release_leases(&self.db, &leased).await?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "requeued jobs that did not finish before the drain deadline"
+            );
+        }
+        Ok(released)
+    }
+
     fn enqueue_row(&self, row: QueueRow) {
         match serde_json::from_str::<JobParams>(&row.params) {
             Ok(params) => {

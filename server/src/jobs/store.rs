@@ -542,6 +542,26 @@ pub async fn release_all_leases(db: &Db) -> Result<u64, DbError> {
     db.execute(&update).await
 }
 
+/// Puts `jobs` back in the queue if they are still assigned (a coordinator shutting down
+/// with them unfinished). The attempt the shutdown cut short does not count.
+pub async fn release_leases(db: &Db, jobs: &[Uuid]) -> Result<u64, DbError> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let update = Query::update()
+        .table(Jobs::Table)
+        .value(Jobs::Status, Status::Queued.as_str())
+        .value(Jobs::AgentSession, Option::<Uuid>::None)
+        .value(Jobs::LeaseExpiresMs, Option::<i64>::None)
+        .value(Jobs::UpdatedMs, now_ms())
+        .value(Jobs::Attempts, Expr::col(Jobs::Attempts).sub(1))
+        .and_where(Expr::col(Jobs::Id).is_in(jobs.iter().copied()))
+        .and_where(Expr::col(Jobs::Status).eq(Status::Assigned.as_str()))
+        .and_where(Expr::col(Jobs::Attempts).gt(0))
+        .to_owned();
+    db.execute(&update).await
+}
+
 /// Every queued job, oldest first.
 pub async fn queued(db: &Db) -> Result<Vec<QueueRow>, DbError> {
     let select: SelectStatement = Query::select()

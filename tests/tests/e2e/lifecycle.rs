@@ -240,3 +240,34 @@ async fn sigterm_lets_running_jobs_finish(backend: Backend) {
     );
 }
 on_both_databases!(sigterm_lets_running_jobs_finish);
+
+async fn a_shutdown_requeues_jobs_that_outlast_the_drain(backend: Backend) {
+    let mut server = TestServer::start_with(&backend, |c| c.drain_timeout_s = 1).await;
+    let token = server.miner_token("slow").await;
+    let agent = AgentProcess::spawn(&server, &token, &[]).await;
+    server.wait_slots(1).await;
+    let client = server.client();
+    let id = client
+        .submit_ok("synthetic-echo", json!({ "delay_ms": 60_000 }))
+        .await;
+    agent
+        .wait_log(&format!("job accepted job={id}"), Duration::from_secs(10))
+        .await;
+    server.stop().await;
+
+    // Before anything starts again: the job is queued, its cut-short attempt not counted.
+    let db = infermine_server::open_db(&server.config)
+        .await
+        .expect("open db");
+    let job = infermine_server::jobs::store::get(&db, id.parse().expect("uuid"))
+        .await
+        .expect("read")
+        .expect("the job");
+    db.close().await;
+    assert_eq!(
+        (job.status.as_str(), job.attempts),
+        ("queued", 0),
+        "{job:?}"
+    );
+}
+on_both_databases!(a_shutdown_requeues_jobs_that_outlast_the_drain);
