@@ -160,3 +160,123 @@ fn the_agent_service_restarts_on_failure_and_waits_out_the_drain() {
     assert!(dockerfile.contains("scripts/setup.sh --cuda --no-portal"));
     assert!(read("scripts/setup.sh").contains("--no-portal) portal=0"));
 }
+
+/// The coordinator binary next to this test.
+fn server_binary() -> PathBuf {
+    let agent = infermine_tests::agent_binary().expect("binaries built");
+    agent.with_file_name("infermine-server")
+}
+
+/// Runs `infermine-server ARGS` to completion and returns its stdout.
+fn server_cli(data: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(server_binary())
+        .args(args)
+        .env("INFERMINE_DATA_DIR", data)
+        .output()
+        .expect("run infermine-server");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn with_the_images_log_format_every_line_is_json_with_job_and_miner_ids() {
+    let data = tempfile::tempdir().expect("data dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let key = server_cli(data.path(), &["api-key", "create", "--name", "logs"]);
+    let token = server_cli(
+        data.path(),
+        &[
+            "miner-token",
+            "--wallet",
+            infermine_tests::WALLET,
+            "--name",
+            "logrig",
+        ],
+    );
+    // As the coordinator's image runs it (ENV in the Dockerfile).
+    let dockerfile = read("Dockerfile");
+    assert!(dockerfile.contains("INFERMINE_LOG_FORMAT=json"));
+    let log_path = data.path().join("server.log");
+    let mut server = tokio::process::Command::new(server_binary())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("INFERMINE_DATA_DIR", data.path())
+        .env("INFERMINE_LOG_FORMAT", "json")
+        // Per-job lines are at debug level: a busy coordinator finishes thousands a second.
+        .env("RUST_LOG", "info,infermine_server::jobs=debug")
+        .stderr(std::fs::File::create(&log_path).expect("log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the coordinator");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if http.get(format!("{base}/readyz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut agent = tokio::process::Command::new(infermine_tests::agent_binary().expect("agent"))
+        .args([
+            "run",
+            "--coordinator",
+            &format!("ws://127.0.0.1:{port}"),
+            "--token",
+            &token,
+        ])
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the agent");
+    let client = infermine_tests::Client::new(&base, &key);
+    let mut id = String::new();
+    for _ in 0..100 {
+        let (status, body) = client
+            .submit("synthetic-echo", serde_json::json!({ "seed": 7 }))
+            .await;
+        if status == 202 {
+            id = body["id"].as_str().expect("id").to_owned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!id.is_empty(), "the coordinator accepted no job");
+    let done = client.wait_final(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    agent.kill().await.expect("stop the agent");
+    server.kill().await.expect("stop the coordinator");
+
+    let log = std::fs::read_to_string(&log_path).expect("read the log");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    let about_job: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["job"].as_str() == Some(id.as_str()))
+        .collect();
+    assert!(!about_job.is_empty(), "no line names job {id}:\n{log}");
+    let miner = format!("{}-logrig-gpu0", infermine_tests::WALLET);
+    for event in ["job assigned", "job completed"] {
+        assert!(
+            about_job.iter().any(|l| l["fields"]["message"] == event
+                && l["fields"]["miner_id"].as_str() == Some(miner.as_str())),
+            "no `{event}` line with job {id} and miner {miner}:\n{log}"
+        );
+    }
+}

@@ -318,6 +318,7 @@ impl Jobs {
             finished_ms,
             latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
         };
+        let record_latency_ms = record.latency_ms;
         let objects = match objects::store(&self.storage, &record).await {
             Ok(objects) => objects,
             Err(ObjectError::Invalid(problem)) => {
@@ -361,6 +362,7 @@ impl Jobs {
         }
         self.metrics
             .job_finished(&inflight.model, JobEnd::Completed);
+        tracing::debug!(%job, %session, miner_id = %inflight.miner_id, model = %inflight.model, latency_ms = record_latency_ms, "job completed");
         if let Some((kind, micro)) = earned {
             self.metrics.points_issued(kind, micro);
         }
@@ -513,6 +515,7 @@ impl Jobs {
         };
         let waited = u64::try_from(assigned_ms - job.created_ms).unwrap_or(0);
         self.metrics.dispatched(Duration::from_millis(waited));
+        tracing::debug!(job = %job.id, %session, %miner_id, model = %job.model, attempt, waited_ms = waited, "job assigned");
         self.inflight().insert(
             job.id,
             Inflight {
