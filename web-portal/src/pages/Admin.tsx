@@ -250,6 +250,14 @@ function Decision({ item }: { item: Case }) {
   );
 }
 
+/** How a slash is asked for: a share of the season's points, or a number of points. */
+const SLASH_MODES = [
+  { value: 'fraction', label: 'A share' },
+  { value: 'points', label: 'Points' },
+] as const;
+
+type SlashMode = (typeof SLASH_MODES)[number]['value'];
+
 function DecisionForms({
   item,
   token,
@@ -259,7 +267,7 @@ function DecisionForms({
   token: string;
   onDecided: (item: Case, outcome?: CaseSlashResponse) => void;
 }) {
-  const [mode, setMode] = useState<'fraction' | 'points'>('fraction');
+  const [mode, setMode] = useState<SlashMode>('fraction');
   const [amount, setAmount] = useState('');
   const [scope, setScope] = useState<Scope>('wallet');
   const [note, setNote] = useState('');
@@ -324,28 +332,19 @@ function DecisionForms({
           <h3>Slash</h3>
           <fieldset className="segmented">
             <legend>Take</legend>
-            <label className={mode === 'fraction' ? 'selected' : undefined}>
-              <input
-                type="radio"
-                name="slash-mode"
-                value="fraction"
-                checked={mode === 'fraction'}
-                onChange={() => setMode('fraction')}
-                data-testid="slash-mode-fraction"
-              />
-              A share
-            </label>
-            <label className={mode === 'points' ? 'selected' : undefined}>
-              <input
-                type="radio"
-                name="slash-mode"
-                value="points"
-                checked={mode === 'points'}
-                onChange={() => setMode('points')}
-                data-testid="slash-mode-points"
-              />
-              Points
-            </label>
+            {SLASH_MODES.map(({ value, label }) => (
+              <label key={value} className={mode === value ? 'selected' : undefined}>
+                <input
+                  type="radio"
+                  name="slash-mode"
+                  value={value}
+                  checked={mode === value}
+                  onChange={() => setMode(value)}
+                  data-testid={`slash-mode-${value}`}
+                />
+                {label}
+              </label>
+            ))}
           </fieldset>
           <label htmlFor={ids.amount}>{mode === 'fraction' ? 'Share (0 to 1)' : `${kindLabel(item.kind)} points`}</label>
           <input
