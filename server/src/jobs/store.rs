@@ -529,17 +529,21 @@ pub async fn mark_cancelled(db: &Db, id: Uuid, api_key_id: Uuid) -> Result<bool,
     Ok(db.execute(&update).await? == 1)
 }
 
-/// At start-up no agent is connected yet, so every lease is void: back to the queue.
-pub async fn release_all_leases(db: &Db) -> Result<u64, DbError> {
-    let update = Query::update()
+/// assigned → queued, lease dropped: the part every release of leases shares.
+fn release_update() -> UpdateStatement {
+    Query::update()
         .table(Jobs::Table)
         .value(Jobs::Status, Status::Queued.as_str())
         .value(Jobs::AgentSession, Option::<Uuid>::None)
         .value(Jobs::LeaseExpiresMs, Option::<i64>::None)
         .value(Jobs::UpdatedMs, now_ms())
         .and_where(Expr::col(Jobs::Status).eq(Status::Assigned.as_str()))
-        .to_owned();
-    db.execute(&update).await
+        .to_owned()
+}
+
+/// At start-up no agent is connected yet, so every lease is void: back to the queue.
+pub async fn release_all_leases(db: &Db) -> Result<u64, DbError> {
+    db.execute(&release_update()).await
 }
 
 /// Puts `jobs` back in the queue if they are still assigned (a coordinator shutting down
@@ -548,17 +552,11 @@ pub async fn release_leases(db: &Db, jobs: &[Uuid]) -> Result<u64, DbError> {
     if jobs.is_empty() {
         return Ok(0);
     }
-    let update = Query::update()
-        .table(Jobs::Table)
-        .value(Jobs::Status, Status::Queued.as_str())
-        .value(Jobs::AgentSession, Option::<Uuid>::None)
-        .value(Jobs::LeaseExpiresMs, Option::<i64>::None)
-        .value(Jobs::UpdatedMs, now_ms())
+    let mut update = release_update();
+    update
         .value(Jobs::Attempts, Expr::col(Jobs::Attempts).sub(1))
         .and_where(Expr::col(Jobs::Id).is_in(jobs.iter().copied()))
-        .and_where(Expr::col(Jobs::Status).eq(Status::Assigned.as_str()))
-        .and_where(Expr::col(Jobs::Attempts).gt(0))
-        .to_owned();
+        .and_where(Expr::col(Jobs::Attempts).gt(0));
     db.execute(&update).await
 }
 
