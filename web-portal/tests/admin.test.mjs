@@ -2,23 +2,16 @@
 // lowers the wallet's balance to what the API then says.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { formatPoints } from '../src/shared.js';
-import { api, launch, micro, need, newPage, problemsOf, screenshot } from './helpers.mjs';
+import { api, micro, need, newPage, problemsOf, screenshot, suiteBrowser } from './helpers.mjs';
 
 describe('admin', () => {
-  /** @type {import('playwright-core').Browser} */
-  let browser;
+  const browser = suiteBrowser();
 
-  before(async () => {
-    browser = await launch();
-  });
-  after(async () => {
-    await browser?.close();
-  });
 
   it('asks for a token first, and refuses a bad one with the API message', async () => {
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto('/admin');
     await page.getByTestId('admin-token-form').waitFor();
     assert.equal(await page.getByTestId('cases-table').count(), 0);
@@ -38,7 +31,7 @@ describe('admin', () => {
     const kind = item.kind;
     const before = await api(`/api/v1/wallets/${item.wallet}`);
 
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto('/admin');
     await page.getByTestId('admin-token-input').fill(token);
     await page.getByTestId('admin-token-submit').click();
@@ -105,7 +98,7 @@ describe('admin', () => {
     const item = await api(`/api/v1/admin/cases/${id}`, { token });
     assert.equal(item.status, 'open', 'the second seeded case is open');
     const before = await api(`/api/v1/wallets/${item.wallet}`);
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto('/admin');
     await page.getByTestId('admin-token-input').fill(token);
     await page.getByTestId('admin-token-submit').click();

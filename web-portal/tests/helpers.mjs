@@ -3,6 +3,7 @@
 
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before } from 'node:test';
 import { chromium } from 'playwright-core';
 
 const RUN_BY =
@@ -56,6 +57,26 @@ export const CHROMIUM_ARGS = [
 export async function launch() {
   const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
   return chromium.launch({ executablePath, args: CHROMIUM_ARGS, headless: true });
+}
+
+/**
+ * One browser for the enclosing `describe`: launched before its tests, closed after them.
+ * Returns a getter, since the browser exists only once the suite starts.
+ * @returns {() => import('playwright-core').Browser}
+ */
+export function suiteBrowser() {
+  /** @type {import('playwright-core').Browser | undefined} */
+  let browser;
+  before(async () => {
+    browser = await launch();
+  });
+  after(async () => {
+    await browser?.close();
+  });
+  return () => {
+    if (!browser) throw new Error('the browser is not launched yet: call the getter inside a test');
+    return browser;
+  };
 }
 
 const problems = new WeakMap();

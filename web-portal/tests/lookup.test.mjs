@@ -1,23 +1,16 @@
 // The look-up page: a wallet address typed in and submitted (by keyboard) opens its page.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import { launch, need, newPage, problemsOf, screenshot } from './helpers.mjs';
+import { describe, it } from 'node:test';
+import { need, newPage, problemsOf, screenshot, suiteBrowser } from './helpers.mjs';
 
 describe('look-up', () => {
-  /** @type {import('playwright-core').Browser} */
-  let browser;
+  const browser = suiteBrowser();
   const wallet = need('PORTAL_WALLET').toLowerCase();
 
-  before(async () => {
-    browser = await launch();
-  });
-  after(async () => {
-    await browser?.close();
-  });
 
   it('navigates to /wallet/{address} from the form, by keyboard alone', async () => {
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto('/');
     await screenshot(page, 'home');
     // Tab from the top of the page until the address field has focus.
@@ -41,7 +34,7 @@ describe('look-up', () => {
   });
 
   it('refuses what is not an address, saying why', async () => {
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto('/');
     await page.getByTestId('lookup-input').fill('0x1234');
     await page.getByTestId('lookup-submit').click();

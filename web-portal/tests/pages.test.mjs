@@ -2,20 +2,13 @@
 // own URL and survives a reload.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { LEADERBOARD_LIMIT, formatMultiplier, formatPoints } from '../src/shared.js';
-import { api, launch, micro, need, newPage, problemsOf, screenshot } from './helpers.mjs';
+import { api, micro, need, newPage, problemsOf, screenshot, suiteBrowser } from './helpers.mjs';
 
 describe('leaderboard, rules and deep links', () => {
-  /** @type {import('playwright-core').Browser} */
-  let browser;
+  const browser = suiteBrowser();
 
-  before(async () => {
-    browser = await launch();
-  });
-  after(async () => {
-    await browser?.close();
-  });
 
   async function expectBoard(page, kind, period) {
     const board = await api(`/api/v1/leaderboard?kind=${kind}&period=${period}&limit=${LEADERBOARD_LIMIT}`);
@@ -43,7 +36,7 @@ describe('leaderboard, rules and deep links', () => {
   }
 
   it('shows the leaderboard rows the API gives, per kind and period', async () => {
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     let nonEmpty = 0;
     for (const kind of ['waifu', 'llama']) {
       for (const period of ['24h', '7d', 'season', 'all']) {
@@ -66,7 +59,7 @@ describe('leaderboard, rules and deep links', () => {
 
   it("shows each model's multiplier and the tables from /api/v1/rules", async () => {
     const rules = await api('/api/v1/rules');
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto('/rules');
     await page.getByTestId('rule-model-row').first().waitFor();
     assert.equal(await page.getByTestId('rule-model-row').count(), rules.models.length);
@@ -90,7 +83,7 @@ describe('leaderboard, rules and deep links', () => {
     const wallet = need('PORTAL_WALLET').toLowerCase();
     const adminToken = need('PORTAL_ADMIN_TOKEN');
     const caseId = need('PORTAL_CASE_ID');
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     /** @type {[string, string][]} */
     const pages = [
       ['/', 'lookup-input'],

@@ -2,9 +2,9 @@
 // minting a miner token (shown once, with the agent's configuration) and revoking it.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { privateKeyToAccount } from 'viem/accounts';
-import { api, launch, need, newPage, problemsOf, screenshot } from './helpers.mjs';
+import { api, need, newPage, problemsOf, screenshot, suiteBrowser } from './helpers.mjs';
 
 /**
  * Gives the page a `window.ethereum` whose account is `account`: `eth_requestAccounts` answers
@@ -45,20 +45,13 @@ async function injectWallet(page, account) {
 }
 
 describe('wallet sign-in and miner tokens', () => {
-  /** @type {import('playwright-core').Browser} */
-  let browser;
+  const browser = suiteBrowser();
 
-  before(async () => {
-    browser = await launch();
-  });
-  after(async () => {
-    await browser?.close();
-  });
 
   it('signs in with the injected wallet, mints a token with instructions and revokes it', async () => {
     const account = privateKeyToAccount(/** @type {`0x${string}`} */ (need('PORTAL_SIGNER_KEY')));
     const address = account.address.toLowerCase();
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await injectWallet(page, account);
     await page.goto(`/wallet/${address}`);
     await page.getByTestId('signin-button').click();
@@ -113,7 +106,7 @@ describe('wallet sign-in and miner tokens', () => {
   it('refuses to sign in as another address than the page shows', async () => {
     const account = privateKeyToAccount(/** @type {`0x${string}`} */ (need('PORTAL_SIGNER_KEY')));
     const other = need('PORTAL_EMPTY_WALLET').toLowerCase();
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await injectWallet(page, account);
     await page.goto(`/wallet/${other}`);
     await page.getByTestId('signin-button').click();
@@ -123,7 +116,7 @@ describe('wallet sign-in and miner tokens', () => {
   });
 
   it('explains what to do when the browser has no wallet', async () => {
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto(`/wallet/${need('PORTAL_EMPTY_WALLET').toLowerCase()}`);
     await page.getByTestId('no-wallet').waitFor();
     assert.equal(await page.getByTestId('signin-button').count(), 0);

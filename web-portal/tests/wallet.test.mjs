@@ -2,27 +2,20 @@
 // and malformed states, and the phone layout.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { HISTORY_DAYS, LEDGER_PAGE_SIZE, SLASHES_LIMIT, formatMultiplier, formatPoints } from '../src/shared.js';
-import { api, launch, micro, need, newPage, portalEnv, problemsOf, screenshot } from './helpers.mjs';
+import { api, micro, need, newPage, portalEnv, problemsOf, screenshot, suiteBrowser } from './helpers.mjs';
 
 const env = portalEnv();
 
 describe('wallet page', () => {
-  /** @type {import('playwright-core').Browser} */
-  let browser;
+  const browser = suiteBrowser();
   const wallet = need('PORTAL_WALLET').toLowerCase();
 
-  before(async () => {
-    browser = await launch();
-  });
-  after(async () => {
-    await browser?.close();
-  });
 
   it('shows the all-time and season balances the API gives', async () => {
     const view = await api(`/api/v1/wallets/${wallet}`);
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto(`/wallet/${wallet}`);
     for (const kind of ['waifu', 'llama']) {
       const all = page.getByTestId(`balance-${kind}-all`);
@@ -44,7 +37,7 @@ describe('wallet page', () => {
     const first = await api(`/api/v1/wallets/${wallet}/ledger?limit=${LEDGER_PAGE_SIZE}`);
     assert.ok(first.entries.length > 0, 'the seeded wallet has ledger rows');
     assert.ok(first.entries.some((e) => e.entry === 'slash'), 'the seeded wallet has a slash');
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto(`/wallet/${wallet}`);
     const rows = page.getByTestId('ledger-row');
     await rows.first().waitFor();
@@ -92,7 +85,7 @@ describe('wallet page', () => {
 
   it('draws the points chart from the API history', async () => {
     const history = await api(`/api/v1/wallets/${wallet}/points-history?bucket=day&days=${HISTORY_DAYS}`);
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto(`/wallet/${wallet}`);
     const canvas = page.getByTestId('points-chart-canvas');
     await canvas.waitFor();
@@ -127,7 +120,7 @@ describe('wallet page', () => {
   it('lists the GPUs with their state and last 24 h as the API gives them', async () => {
     const view = await api(`/api/v1/wallets/${wallet}`);
     assert.ok(view.miners.length > 0, 'the seeded wallet has GPUs');
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto(`/wallet/${wallet}`);
     const rows = page.getByTestId('miner-row');
     await rows.first().waitFor();
@@ -153,7 +146,7 @@ describe('wallet page', () => {
   it('shows the NFT boost in force and the slashes with their reasons', async () => {
     const view = await api(`/api/v1/wallets/${wallet}`);
     const slashes = await api(`/api/v1/slashes?address=${wallet}&limit=${SLASHES_LIMIT}`);
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto(`/wallet/${wallet}`);
     await page.getByTestId('boost').waitFor();
     assert.ok(view.boost.nft_held > 0, 'the seeded wallet holds an NFT');
@@ -172,7 +165,7 @@ describe('wallet page', () => {
   it('says so for a valid address with nothing mined', async () => {
     const empty = need('PORTAL_EMPTY_WALLET').toLowerCase();
     const view = await api(`/api/v1/wallets/${empty}`);
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto(`/wallet/${empty}`);
     await page.getByTestId('wallet-empty').waitFor();
     assert.match(await page.getByTestId('wallet-empty').textContent(), /Nothing mined yet/);
@@ -188,7 +181,7 @@ describe('wallet page', () => {
     const response = await fetch(`${env.url}/api/v1/wallets/${bad}`);
     assert.equal(response.status, 400);
     const { error } = await response.json();
-    const page = await newPage(browser);
+    const page = await newPage(browser());
     await page.goto(`/wallet/${bad}`);
     const message = page.getByTestId('error-message');
     await message.waitFor();
@@ -200,7 +193,7 @@ describe('wallet page', () => {
   });
 
   it('fits a 375 px wide screen without horizontal scrolling', async () => {
-    const page = await newPage(browser, { width: 375, height: 812 });
+    const page = await newPage(browser(), { width: 375, height: 812 });
     await page.goto(`/wallet/${wallet}`);
     await page.getByTestId('ledger-row').first().waitFor();
     await page.getByTestId('miner-row').first().waitFor();
