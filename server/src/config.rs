@@ -10,6 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::ClusterConfig;
 use crate::limits::RateLimitConfig;
 use crate::points::PointsConfig;
 use crate::review::config::ReviewConfig;
@@ -69,6 +70,8 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// Anti-cheat review (`[review]`: sampling, thresholds, the slashing policy).
     pub review: ReviewConfig,
+    /// Replicas on one PostgreSQL database (`[cluster]`: heartbeat and failure detection).
+    pub cluster: ClusterConfig,
 }
 
 /// How log lines are written.
@@ -103,6 +106,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             rate_limits: RateLimitConfig::default(),
             review: ReviewConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -225,6 +229,7 @@ impl Config {
         self.storage.validate().map_err(ConfigError::Invalid)?;
         self.rate_limits.validate().map_err(ConfigError::Invalid)?;
         self.review.validate().map_err(ConfigError::Invalid)?;
+        self.cluster.validate().map_err(ConfigError::Invalid)?;
         if let Some(url) = &self.database_url
             && !(url.starts_with("sqlite:")
                 || url.starts_with("postgres://")

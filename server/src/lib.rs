@@ -38,6 +38,7 @@
 //! router for tests that want it without a socket.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod dispatch;
@@ -222,6 +223,12 @@ pub async fn run(
     let storage = storage::Storage::open(&config.storage, &config.data_dir)
         .await
         .context("cannot open object storage")?;
+    let cluster = cluster::Cluster::join(&db, config.cluster.clone());
+    let host = listener.local_addr()?.to_string();
+    cluster
+        .beat(&db, &host)
+        .await
+        .context("cannot register this coordinator replica")?;
     let jobs = Jobs::new(
         db.clone(),
         registry,
@@ -229,9 +236,12 @@ pub async fn run(
         limits,
         Arc::new(config.points.clone()),
         storage.clone(),
+        cluster.clone(),
     );
     let dispatch_task = tokio::spawn(dispatch::run(inbox, Arc::clone(&jobs)));
+    cluster.listen(&db, Arc::clone(&jobs));
     jobs.recover().await.context("cannot recover queued jobs")?;
+    let upkeep = tokio::spawn(replica_upkeep(Arc::clone(&jobs), db.clone(), host));
 
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let state = AppState {
@@ -255,7 +265,7 @@ pub async fn run(
         .review
         .enabled
         .then(|| review::worker::spawn(state.clone()));
-    tracing::info!(listen = %listener.local_addr()?, database = db.dialect(), "coordinator ready");
+    tracing::info!(listen = %listener.local_addr()?, database = db.dialect(), replica = %cluster.id(), "coordinator ready");
 
     let drain_timeout = Duration::from_secs(config.drain_timeout_s);
     let drain_dispatcher = dispatcher.clone();
@@ -271,7 +281,7 @@ pub async fn run(
         }
         // What did not finish goes back to the queue now, not at the next start.
         if let Err(e) = drain_jobs.release_inflight().await {
-            tracing::error!(error = %e, "could not requeue unfinished jobs; the next start will");
+            tracing::error!(error = %e, "could not requeue unfinished jobs; the next start (or another replica) will");
         }
         let _ = closing_tx.send(true);
     };
@@ -290,6 +300,12 @@ pub async fn run(
     .await
     .context("server error")?;
     sweeper.abort();
+    upkeep.abort();
+    // Leases are released (above): the others need not wait for this replica's heartbeat to
+    // go stale.
+    if let Err(e) = cluster.leave(&db).await {
+        tracing::warn!(error = %e, "could not deregister this replica; the others will time it out");
+    }
     if let Some(reviewer) = reviewer {
         reviewer.abort();
     }
@@ -323,6 +339,31 @@ async fn sweep(jobs: Arc<Jobs>, db: Db, limiters: Arc<limits::Limiters>) {
             && let Err(e) = jobs.reoffer_queued().await
         {
             tracing::warn!(error = %e, "queue reconciliation failed; will retry");
+        }
+    }
+}
+
+/// The replica's heartbeat, and the release of the leases of replicas that stopped beating
+/// (see [`cluster`]). Alone on SQLite there is nobody else to watch.
+async fn replica_upkeep(jobs: Arc<Jobs>, db: Db, host: String) {
+    let cluster = jobs.cluster().clone();
+    let mut ticker = tokio::time::interval(Duration::from_millis(cluster.config().heartbeat_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for tick in 0u64.. {
+        ticker.tick().await;
+        if let Err(e) = cluster.beat(&db, &host).await {
+            tracing::warn!(error = %e, "replica heartbeat failed; will retry");
+        }
+        if !cluster.shared() {
+            continue;
+        }
+        if let Err(e) = jobs.release_gone_replicas().await {
+            tracing::warn!(error = %e, "cannot requeue the leases of gone replicas; will retry");
+        }
+        if tick % 60 == 59
+            && let Err(e) = cluster.forget_gone(&db).await
+        {
+            tracing::warn!(error = %e, "cannot forget gone replicas; will retry");
         }
     }
 }

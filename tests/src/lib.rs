@@ -402,6 +402,11 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The coordinator binary, built next to the agent's.
+pub fn server_binary() -> anyhow::Result<PathBuf> {
+    Ok(agent_binary()?.with_file_name("infermine-server"))
+}
+
 impl AgentProcess {
     /// Starts an agent for `server` with `token`, serving `synthetic-echo`, plus `extra` args.
     pub async fn spawn(server: &TestServer, token: &str, extra: &[&str]) -> Self {

@@ -163,8 +163,7 @@ fn the_agent_service_restarts_on_failure_and_waits_out_the_drain() {
 
 /// The coordinator binary next to this test.
 fn server_binary() -> PathBuf {
-    let agent = infermine_tests::agent_binary().expect("binaries built");
-    agent.with_file_name("infermine-server")
+    infermine_tests::server_binary().expect("binaries built")
 }
 
 /// Runs `infermine-server ARGS` to completion and returns its stdout.

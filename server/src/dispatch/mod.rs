@@ -54,6 +54,8 @@ pub struct QueuedJob {
     pub created_ms: i64,
     /// Only validator slots may run it (a review re-execution).
     pub validators_only: bool,
+    /// Its consumer streams its tokens.
+    pub streamed: bool,
 }
 
 /// Jobs wait, and idle slots are filed, per model and lane: validator slots serve both lanes
@@ -130,6 +132,9 @@ enum Command {
         session: SessionId,
     },
     Cancel {
+        job: JobId,
+    },
+    Forget {
         job: JobId,
     },
     Drain,
@@ -209,6 +214,11 @@ impl Dispatcher {
     /// The job was cancelled: drop it from the queue, or stop it on its agent.
     pub fn cancel(&self, job: JobId) {
         self.send(Command::Cancel { job });
+    }
+
+    /// Another replica claimed the job: drop it from the queue (a lease here is left alone).
+    pub fn forget(&self, job: JobId) {
+        self.send(Command::Forget { job });
     }
 
     /// Stop handing out jobs (shutdown); running leases continue.
@@ -399,6 +409,7 @@ impl<S: AssignSink> State<S> {
             } => self.end_lease(job, session, latency),
             Command::Release { job, session } => self.end_lease(job, session, None),
             Command::Cancel { job } => self.cancel(job),
+            Command::Forget { job } => self.unqueue(job),
             Command::Drain => self.draining = true,
             Command::Snapshot(reply) => {
                 let mut queued_by_model = std::collections::BTreeMap::new();
@@ -511,6 +522,10 @@ impl<S: AssignSink> State<S> {
             self.lease_ended(&lease, None);
             return;
         }
+        self.unqueue(job);
+    }
+
+    fn unqueue(&mut self, job: JobId) {
         if self.queued_ids.remove(&job) {
             for queue in self.queues.values_mut() {
                 queue.retain(|(_, queued)| queued.id != job);

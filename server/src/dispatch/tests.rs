@@ -45,6 +45,7 @@ fn job(model: &str, lease_ms: u64) -> QueuedJob {
         lease: Duration::from_millis(lease_ms),
         created_ms: 0,
         validators_only: false,
+        streamed: false,
     }
 }
 

@@ -10,6 +10,7 @@ use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use infermine_protocol::{JobOutput, JobParams, Metrics};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Ref, Schema, Type};
 use utoipa::{IntoParams, ToSchema};
@@ -19,6 +20,7 @@ use super::Jobs;
 use super::live::{Follow, Outcome};
 use super::store::{self, JobRow, NewJob, Purpose, Status};
 use crate::AppState;
+use crate::cluster::Event;
 use crate::db::now_ms;
 use crate::dispatch::QueuedJob;
 use crate::error::{ApiError, ApiJson, ErrorBody};
@@ -312,6 +314,7 @@ impl Jobs {
             created_ms,
             purpose: Purpose::Consumer,
             review_of: None,
+            streamed: stream,
         };
         self.writer.insert(new).await?;
         self.metrics.job_submitted(model);
@@ -324,7 +327,9 @@ impl Jobs {
             lease,
             created_ms,
             validators_only: false,
+            streamed: stream,
         });
+        self.cluster.publish(Event::Queued { job: id });
         let view = JobView {
             id,
             model: model.to_owned(),
@@ -353,7 +358,7 @@ impl Jobs {
     /// Reads a job, waiting up to `wait` for it to reach a final state.
     pub async fn view(&self, api_key: Uuid, id: Uuid, wait: Duration) -> Result<JobView, ApiError> {
         if !wait.is_zero()
-            && let Some(mut outcome) = self.live.watch(id, api_key)
+            && let Some(mut outcome) = self.watch(api_key, id).await?
         {
             // The borrow of the watched value must end before the next await.
             let known = match tokio::time::timeout(
@@ -375,6 +380,30 @@ impl Jobs {
         Ok(JobView::from_row(self.owned(api_key, id).await?))
     }
 
+    /// A watch on a job's outcome; `None` when it is final (or not the key's). A job this
+    /// replica does not know of was submitted through another one: on a shared database it is
+    /// registered now, and the replica that ends it says so.
+    async fn watch(
+        &self,
+        api_key: Uuid,
+        id: Uuid,
+    ) -> Result<Option<watch::Receiver<Outcome>>, ApiError> {
+        if let Some(outcome) = self.live.watch(id, api_key) {
+            return Ok(Some(outcome));
+        }
+        let is_final = |row: &JobRow| Status::parse(&row.status).is_none_or(Status::is_final);
+        if !self.cluster.shared() || is_final(&self.owned(api_key, id).await?) {
+            return Ok(None);
+        }
+        self.live.add(id, Some(api_key));
+        let outcome = self.live.watch(id, api_key);
+        // It may have ended between the first read and the registration.
+        if is_final(&self.owned(api_key, id).await?) {
+            self.live.finish(id, None);
+        }
+        Ok(outcome)
+    }
+
     /// Cancels a queued or running job.
     pub async fn cancel(&self, api_key: Uuid, id: Uuid) -> Result<JobView, ApiError> {
         let row = self.owned(api_key, id).await?;
@@ -384,9 +413,8 @@ impl Jobs {
                 row.status
             )));
         }
-        self.inflight().remove(&id);
-        self.dispatcher.cancel(id);
-        self.live.finish(id, None);
+        self.cancelled(id);
+        self.cluster.publish(Event::Cancelled { job: id });
         Ok(JobView::from_row(self.owned(api_key, id).await?))
     }
 }

@@ -144,6 +144,13 @@ impl Live {
             .map(|live| live.outcome.subscribe())
     }
 
+    /// Whether a consumer of this replica streams the job's tokens.
+    pub(crate) fn streams_here(&self, job: JobId) -> bool {
+        self.jobs()
+            .get(&job)
+            .is_some_and(|live| live.tokens.is_some())
+    }
+
     /// A token of `attempt` streamed by the agent holding the job. False when it was not
     /// passed on: nobody streams the job, or it is out of order.
     pub(crate) fn token(&self, job: JobId, attempt: u32, index: u32, text: String) -> bool {

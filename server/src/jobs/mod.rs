@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use crate::cluster::{Cluster, Event, Peer};
 use crate::db::{Db, DbError, now_ms};
 use crate::dispatch::{
     AssignSink, Assignment, Dispatcher, LostReason, Outbound, QueuedJob, SessionId,
@@ -63,6 +64,8 @@ struct Inflight {
     assigned_at: Instant,
     /// Review work on a validator: it earns no points.
     review_work: bool,
+    /// Its consumer streams its tokens, perhaps from another replica.
+    streamed: bool,
     /// A result is being recorded: later reports for the job (duplicates sent while the
     /// first is stored) are refused rather than raced.
     completing: bool,
@@ -89,6 +92,8 @@ pub struct Jobs {
     writer: Writer,
     storage: Storage,
     metrics: Arc<Metrics>,
+    /// This replica, and its line to the others sharing the database.
+    cluster: Cluster,
 }
 
 impl Jobs {
@@ -99,8 +104,10 @@ impl Jobs {
         limits: Limits,
         points: Arc<PointsConfig>,
         storage: Storage,
+        cluster: Cluster,
     ) -> Arc<Self> {
         Arc::new(Self {
+            cluster,
             registry,
             dispatcher,
             limits,
@@ -116,6 +123,11 @@ impl Jobs {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// This replica.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 
     /// The coordinator's metrics (`GET /metrics`).
@@ -154,10 +166,11 @@ impl Jobs {
         deadline + self.limits.lease_grace
     }
 
-    /// Re-queues what a previous run left behind: leases (void, no agent is connected yet)
-    /// and queued jobs. Returns how many jobs were queued.
+    /// Re-queues what a previous run left behind: the leases of replicas that are gone (on
+    /// SQLite, every lease but this run's: none yet) and queued jobs. Returns how many jobs
+    /// were queued.
     pub async fn recover(&self) -> Result<usize, DbError> {
-        let released = store::release_all_leases(&self.db).await?;
+        let released = self.release_gone_replicas().await?.len();
         let queued = store::queued(&self.db).await?;
         let count = queued.len();
         for row in queued {
@@ -175,18 +188,49 @@ impl Jobs {
     }
 
     /// Shutdown, once the drain deadline has passed: every job still leased to this
-    /// coordinator's agents goes back to the queue, for the next start (or another replica).
-    /// Returns how many.
-    pub async fn release_inflight(&self) -> Result<u64, DbError> {
+    /// coordinator's agents goes back to the queue, for the next start or another replica
+    /// (told at once). Returns how many.
+    pub async fn release_inflight(&self) -> Result<usize, DbError> {
         let leased: Vec<JobId> = self.inflight().keys().copied().collect();
         let released = store::release_leases(&self.db, &leased).await?;
-        if released > 0 {
+        if !released.is_empty() {
             tracing::info!(
-                released,
+                released = released.len(),
                 "requeued jobs that did not finish before the drain deadline"
             );
+            let events = released.iter().map(|row| Event::Queued { job: row.id });
+            self.cluster.publish_now(&self.db, events.collect()).await;
+        }
+        Ok(released.len())
+    }
+
+    /// Puts the leases of replicas that stopped beating back in the queue, offers them to this
+    /// replica's slots and tells the others. Returns them.
+    pub async fn release_gone_replicas(&self) -> Result<Vec<QueueRow>, DbError> {
+        let released = store::release_gone_replicas(
+            &self.db,
+            self.cluster.id(),
+            self.cluster.alive_since_ms(),
+        )
+        .await?;
+        if !released.is_empty() {
+            tracing::warn!(
+                released = released.len(),
+                "requeued the leases of a coordinator replica that is gone"
+            );
+        }
+        for row in &released {
+            self.queued_here(row.clone());
         }
         Ok(released)
+    }
+
+    /// A job went (back) to the queue on this replica: offer it to local slots, tell the
+    /// others.
+    fn queued_here(&self, row: QueueRow) {
+        let job = row.id;
+        self.enqueue_row(row);
+        self.cluster.publish(Event::Queued { job });
     }
 
     fn enqueue_row(&self, row: QueueRow) {
@@ -196,6 +240,7 @@ impl Jobs {
                 self.dispatcher.enqueue(QueuedJob {
                     id: row.id,
                     validators_only: row.validators_only(),
+                    streamed: row.streamed,
                     model: row.model,
                     params: Arc::new(params),
                     lease,
@@ -235,6 +280,7 @@ impl Jobs {
                 created_ms,
                 purpose,
                 review_of,
+                streamed: false,
             })
             .await?;
         self.live.add(id, None);
@@ -247,7 +293,9 @@ impl Jobs {
             lease,
             created_ms,
             validators_only: purpose == Purpose::Validation,
+            streamed: false,
         });
+        self.cluster.publish(Event::Queued { job: id });
         Ok(id)
     }
 
@@ -383,6 +431,7 @@ impl Jobs {
             error: None,
         };
         self.live.finish(job, Some(view));
+        self.cluster.publish(Event::Final { job });
         Ok(())
     }
 
@@ -437,12 +486,22 @@ impl Jobs {
 
     /// An agent streamed a piece of a job's text. It reaches the job's streaming consumers
     /// only if the job is leased to `session` and the piece is the next in order; false when
-    /// it was dropped. Never waits: the agent's session calls it inline.
+    /// it was dropped. Never waits: the agent's session calls it inline. The tokens of a job
+    /// streamed by a consumer of another replica go to that replica, which checks the order.
     pub fn token(&self, session: SessionId, job: JobId, index: u32, text: String) -> bool {
-        let attempt = match self.inflight().get(&job) {
-            Some(f) if f.session == session && !f.completing => f.attempt,
+        let (attempt, streamed) = match self.inflight().get(&job) {
+            Some(f) if f.session == session && !f.completing => (f.attempt, f.streamed),
             _ => return false,
         };
+        if streamed && self.cluster.shared() && !self.live.streams_here(job) {
+            self.cluster.publish(Event::Token {
+                job,
+                attempt,
+                index,
+                text,
+            });
+            return true;
+        }
         self.live.token(job, attempt, index, text)
     }
 
@@ -479,14 +538,23 @@ impl Jobs {
     /// Acts on how an attempt ended; `model` is the job's, when known, for the metrics.
     fn settle(&self, job: JobId, end: AttemptEnd, model: Option<&str>) {
         match end {
-            AttemptEnd::Requeued(row) => self.enqueue_row(row),
+            AttemptEnd::Requeued(row) => self.queued_here(row),
             AttemptEnd::Failed => {
                 self.metrics
                     .job_finished(model.unwrap_or("unknown"), JobEnd::Failed);
                 self.live.finish(job, None);
+                self.cluster.publish(Event::Final { job });
             }
             AttemptEnd::NotLeased => {}
         }
+    }
+
+    /// The job was cancelled (here, or on another replica): stop it if a local agent runs
+    /// it, drop it from the local queue, and release its local waiters.
+    fn cancelled(&self, job: JobId) {
+        self.inflight().remove(&job);
+        self.dispatcher.cancel(job);
+        self.live.finish(job, None);
     }
 
     async fn persist_assignment(&self, assignment: Assignment) -> Result<(), DbError> {
@@ -503,6 +571,7 @@ impl Jobs {
         let lease = NewLease {
             id: job.id,
             session,
+            replica: self.cluster.id(),
             wallet: wallet.clone(),
             miner_id: miner_id.clone(),
             lease_expires_ms: assigned_ms
@@ -510,9 +579,11 @@ impl Jobs {
             assigned_ms,
         };
         let Some(attempt) = self.writer.assign(lease).await? else {
+            // Cancelled, or claimed by another replica.
             self.dispatcher.release(job.id, session);
             return Ok(());
         };
+        self.cluster.publish(Event::Taken { job: job.id });
         let waited = u64::try_from(assigned_ms - job.created_ms).unwrap_or(0);
         self.metrics.dispatched(Duration::from_millis(waited));
         tracing::debug!(job = %job.id, %session, %miner_id, model = %job.model, attempt, waited_ms = waited, "job assigned");
@@ -529,6 +600,7 @@ impl Jobs {
                 assigned_ms,
                 assigned_at: Instant::now(),
                 review_work: job.validators_only,
+                streamed: job.streamed,
                 completing: false,
             },
         );
@@ -589,9 +661,14 @@ impl Jobs {
 
     /// Safety net behind the in-memory queue: offers the dispatcher every job the database
     /// holds as queued for a while (the dispatcher ignores those it already has). Covers a
-    /// write whose outcome was lost, so no queued job can be forgotten.
+    /// write whose outcome was lost, or another replica's notice, so no queued job can be
+    /// forgotten.
     pub async fn reoffer_queued(&self) -> Result<usize, DbError> {
-        let rows = store::stale_queued(&self.db, now_ms() - 30_000, 10_000).await?;
+        self.reoffer_queued_since(now_ms() - 30_000).await
+    }
+
+    async fn reoffer_queued_since(&self, cutoff_ms: i64) -> Result<usize, DbError> {
+        let rows = store::stale_queued(&self.db, cutoff_ms, 10_000).await?;
         let count = rows.len();
         for row in rows {
             self.live.add(row.id, row.api_key_id);
@@ -617,6 +694,50 @@ impl Jobs {
             self.settle(job, end, model.as_deref());
         }
         Ok(())
+    }
+}
+
+/// What the other replicas say (see [`crate::cluster`]).
+impl Peer for Jobs {
+    fn event(self: &Arc<Self>, event: Event) {
+        match event {
+            Event::Queued { job } => {
+                let jobs = Arc::clone(self);
+                tokio::spawn(async move {
+                    match store::queued_one(&jobs.db, job).await {
+                        Ok(Some(row)) => jobs.enqueue_row(row),
+                        // Taken already, or final: nothing to offer.
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(%job, error = %e, "cannot read a job another replica queued; the queue re-read will offer it")
+                        }
+                    }
+                });
+            }
+            Event::Taken { job } => self.dispatcher.forget(job),
+            Event::Final { job } => {
+                self.dispatcher.forget(job);
+                self.live.finish(job, None);
+            }
+            Event::Cancelled { job } => self.cancelled(job),
+            Event::Token {
+                job,
+                attempt,
+                index,
+                text,
+            } => {
+                self.live.token(job, attempt, index, text);
+            }
+        }
+    }
+
+    fn resync(self: &Arc<Self>) {
+        let jobs = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = jobs.reoffer_queued_since(now_ms()).await {
+                tracing::warn!(error = %e, "cannot re-read the queue; the periodic re-read will");
+            }
+        });
     }
 }
 

@@ -8,6 +8,7 @@ use sea_query::{
 use uuid::Uuid;
 
 use super::objects::JobObject;
+use crate::cluster::Replicas;
 use crate::db::{Db, DbError, Tx, now_ms};
 use crate::ledger::{self, Credit};
 
@@ -34,6 +35,8 @@ pub(crate) enum Jobs {
     UpdatedMs,
     Purpose,
     ReviewOf,
+    Replica,
+    Streamed,
 }
 
 /// Why a job exists, as stored in `jobs.purpose`.
@@ -134,6 +137,8 @@ pub struct QueueRow {
     pub created_ms: i64,
     pub api_key_id: Option<Uuid>,
     pub purpose: String,
+    /// Its consumer streams its tokens.
+    pub streamed: bool,
 }
 
 impl QueueRow {
@@ -156,6 +161,8 @@ pub struct NewJob {
     pub purpose: Purpose,
     /// For a validation job, the job it re-executes.
     pub review_of: Option<Uuid>,
+    /// The consumer streams its tokens (they may have to cross replicas).
+    pub streamed: bool,
 }
 
 /// A lease the dispatcher handed out.
@@ -163,6 +170,8 @@ pub struct NewJob {
 pub struct NewLease {
     pub id: Uuid,
     pub session: Uuid,
+    /// The replica whose agent holds the lease.
+    pub replica: Uuid,
     pub miner_id: String,
     pub wallet: String,
     pub lease_expires_ms: i64,
@@ -193,13 +202,14 @@ pub enum AttemptEnd {
 }
 
 /// The columns of a [`QueueRow`].
-const QUEUE_COLUMNS: [Jobs; 6] = [
+const QUEUE_COLUMNS: [Jobs; 7] = [
     Jobs::Id,
     Jobs::Model,
     Jobs::Params,
     Jobs::CreatedMs,
     Jobs::ApiKeyId,
     Jobs::Purpose,
+    Jobs::Streamed,
 ];
 
 const JOB_COLUMNS: [Jobs; 12] = [
@@ -231,6 +241,7 @@ pub async fn insert_many(db: &Db, jobs: &[NewJob]) -> Result<(), DbError> {
         Jobs::UpdatedMs,
         Jobs::Purpose,
         Jobs::ReviewOf,
+        Jobs::Streamed,
     ]);
     for job in jobs {
         insert.values_panic([
@@ -244,6 +255,7 @@ pub async fn insert_many(db: &Db, jobs: &[NewJob]) -> Result<(), DbError> {
             job.created_ms.into(),
             job.purpose.as_str().into(),
             job.review_of.into(),
+            job.streamed.into(),
         ]);
     }
     db.execute(&insert).await?;
@@ -274,14 +286,30 @@ fn per_job<T>(
 }
 
 /// queued → assigned for each lease, in one statement. Returns the jobs that moved, with
-/// their attempt numbers; a job missing from the answer was no longer queued (cancelled).
+/// their attempt numbers; a job missing from the answer was no longer queued (cancelled, or
+/// claimed by another replica). On PostgreSQL the rows are locked with `SKIP LOCKED`, so a
+/// replica never waits on another's claim of the same job: it just loses it.
 pub async fn assign_many(db: &Db, leases: &[NewLease]) -> Result<Vec<(Uuid, u32)>, DbError> {
+    let claimable = Query::select()
+        .column(Jobs::Id)
+        .from(Jobs::Table)
+        .and_where(Expr::col(Jobs::Id).is_in(leases.iter().map(|l| l.id)))
+        .and_where(Expr::col(Jobs::Status).eq(Status::Queued.as_str()))
+        .lock_with_behavior(
+            sea_query::LockType::Update,
+            sea_query::LockBehavior::SkipLocked,
+        )
+        .to_owned();
     let update = Query::update()
         .table(Jobs::Table)
         .value(Jobs::Status, Status::Assigned.as_str())
         .value(
             Jobs::AgentSession,
             per_job(leases, |l| l.id, |l| l.session.into(), Jobs::AgentSession),
+        )
+        .value(
+            Jobs::Replica,
+            per_job(leases, |l| l.id, |l| l.replica.into(), Jobs::Replica),
         )
         .value(
             Jobs::MinerId,
@@ -311,7 +339,7 @@ pub async fn assign_many(db: &Db, leases: &[NewLease]) -> Result<Vec<(Uuid, u32)
         )
         .value(Jobs::UpdatedMs, now_ms())
         .value(Jobs::Attempts, Expr::col(Jobs::Attempts).add(1))
-        .and_where(Expr::col(Jobs::Id).is_in(leases.iter().map(|l| l.id)))
+        .and_where(Expr::col(Jobs::Id).in_subquery(claimable))
         .and_where(Expr::col(Jobs::Status).eq(Status::Queued.as_str()))
         .returning(Query::returning().columns([Jobs::Id, Jobs::Attempts]))
         .to_owned();
@@ -475,6 +503,7 @@ pub async fn end_attempt(
         let requeue = leased(id, session)
             .value(Jobs::Status, Status::Queued.as_str())
             .value(Jobs::AgentSession, Option::<Uuid>::None)
+            .value(Jobs::Replica, Option::<Uuid>::None)
             .value(Jobs::LeaseExpiresMs, Option::<i64>::None)
             .value(Jobs::Error, reason)
             .value(Jobs::UpdatedMs, now)
@@ -535,29 +564,49 @@ fn release_update() -> UpdateStatement {
         .table(Jobs::Table)
         .value(Jobs::Status, Status::Queued.as_str())
         .value(Jobs::AgentSession, Option::<Uuid>::None)
+        .value(Jobs::Replica, Option::<Uuid>::None)
         .value(Jobs::LeaseExpiresMs, Option::<i64>::None)
         .value(Jobs::UpdatedMs, now_ms())
+        // The attempt a coordinator's end cut short is not the job's fault: it does not count.
+        .value(Jobs::Attempts, Expr::col(Jobs::Attempts).sub(1))
         .and_where(Expr::col(Jobs::Status).eq(Status::Assigned.as_str()))
+        .and_where(Expr::col(Jobs::Attempts).gt(0))
+        .returning(Query::returning().columns(QUEUE_COLUMNS))
         .to_owned()
 }
 
-/// At start-up no agent is connected yet, so every lease is void: back to the queue.
-pub async fn release_all_leases(db: &Db) -> Result<u64, DbError> {
-    db.execute(&release_update()).await
+/// Puts back in the queue the leases of replicas that are gone: every replica but `me` whose
+/// last heartbeat is older than `alive_since_ms` (or that left without a record).
+pub async fn release_gone_replicas(
+    db: &Db,
+    me: Uuid,
+    alive_since_ms: i64,
+) -> Result<Vec<QueueRow>, DbError> {
+    let alive = Query::select()
+        .column(Replicas::Id)
+        .from(Replicas::Table)
+        .and_where(Expr::col(Replicas::SeenMs).gte(alive_since_ms))
+        .to_owned();
+    let mut update = release_update();
+    update.cond_where(
+        Expr::col(Jobs::Replica)
+            .is_null()
+            .or(Expr::col(Jobs::Replica)
+                .ne(me)
+                .and(Expr::col(Jobs::Replica).not_in_subquery(alive))),
+    );
+    db.write_returning(&update).await
 }
 
 /// Puts `jobs` back in the queue if they are still assigned (a coordinator shutting down
-/// with them unfinished). The attempt the shutdown cut short does not count.
-pub async fn release_leases(db: &Db, jobs: &[Uuid]) -> Result<u64, DbError> {
+/// with them unfinished).
+pub async fn release_leases(db: &Db, jobs: &[Uuid]) -> Result<Vec<QueueRow>, DbError> {
     if jobs.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let mut update = release_update();
-    update
-        .value(Jobs::Attempts, Expr::col(Jobs::Attempts).sub(1))
-        .and_where(Expr::col(Jobs::Id).is_in(jobs.iter().copied()))
-        .and_where(Expr::col(Jobs::Attempts).gt(0));
-    db.execute(&update).await
+    update.and_where(Expr::col(Jobs::Id).is_in(jobs.iter().copied()));
+    db.write_returning(&update).await
 }
 
 /// Every queued job, oldest first.

@@ -27,6 +27,7 @@ async fn queued_jobs_the_dispatcher_lost_are_offered_again() {
         Storage::open(&Default::default(), dir.path())
             .await
             .expect("storage"),
+        crate::cluster::Cluster::single(Default::default()),
     );
     tokio::spawn(crate::dispatch::run(inbox, Arc::clone(&jobs)));
 
@@ -46,6 +47,7 @@ async fn queued_jobs_the_dispatcher_lost_are_offered_again() {
         created_ms: now_ms() - 60_000,
         purpose: store::Purpose::Consumer,
         review_of: None,
+        streamed: false,
     };
     store::insert_many(&db, std::slice::from_ref(&forgotten))
         .await

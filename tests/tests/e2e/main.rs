@@ -16,6 +16,7 @@ mod openai_client;
 mod openai_errors;
 mod openapi;
 mod points;
+mod replicas;
 mod rules;
 mod storage;
 mod wallet;
