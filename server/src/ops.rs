@@ -38,6 +38,11 @@ pub struct CoordinatorStatus {
     pub leased: usize,
     /// True once shutdown began: no new assignments.
     pub draining: bool,
+    /// This coordinator replica (a new id at every start). The counts above are its own.
+    pub replica: uuid::Uuid,
+    /// Replicas alive on the database, this one included (absent when the database does not
+    /// answer).
+    pub replicas: Option<i64>,
     pub storage: StorageStatus,
 }
 
@@ -54,12 +59,22 @@ pub struct StorageStatus {
     responses((status = 200, description = "the dispatcher's counts", body = CoordinatorStatus)))]
 async fn status(State(state): State<AppState>) -> Json<CoordinatorStatus> {
     let snapshot = state.dispatcher.snapshot().await;
+    let cluster = state.jobs.cluster();
+    let replicas = match cluster.alive(&state.db).await {
+        Ok(count) => Some(count),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count the replicas");
+            None
+        }
+    };
     Json(CoordinatorStatus {
         agents: snapshot.agents,
         slots: snapshot.slots,
         queued: snapshot.queued,
         leased: snapshot.leased,
         draining: *state.closing.borrow(),
+        replica: cluster.id(),
+        replicas,
         storage: StorageStatus {
             endpoint: state.storage.endpoint().to_owned(),
             spool: state.storage.spool(),

@@ -188,6 +188,7 @@ async fn two_replicas_share_the_queue_and_the_survivor_finishes_a_killed_ones_jo
 
     let a = Replica::start("a", dir.path(), &url, &store).await;
     let mut b = Replica::start("b", dir.path(), &url, &store).await;
+    a.wait_status("A to see B", |s| s["replicas"] == 2).await;
     let on_a = Client::new(&a.base, &key);
     let on_b = Client::new(&b.base, &key);
 
@@ -294,6 +295,8 @@ async fn two_replicas_share_the_queue_and_the_survivor_finishes_a_killed_ones_jo
     b.wait_status("a job leased on B", |s| s["leased"].as_u64() >= Some(1))
         .await;
     b.child.kill().await.expect("kill B");
+    a.wait_status("A to count B gone", |s| s["replicas"] == 1)
+        .await;
     // B's agent lost its coordinator before finishing any of these: A's agent ran them all,
     // B's cut-short attempts included (which do not count against the jobs).
     for view in wait_all(&on_a, &slow).await {
