@@ -110,6 +110,19 @@ impl Replica {
         )
     }
 
+    /// `POST /v1/chat/completions`, expecting 200.
+    async fn chat(&self, key: &str, body: &Value) -> reqwest::Response {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", self.base))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("chat");
+        assert_eq!(response.status(), 200);
+        response
+    }
+
     async fn status(&self) -> Value {
         reqwest::get(format!("{}/v1/status", self.base))
             .await
@@ -223,14 +236,7 @@ async fn two_replicas_share_the_queue_and_the_survivor_finishes_a_killed_ones_jo
         "messages": [{"role": "user", "content": "Tell me about lighthouses."}],
         "max_tokens": 12, "seed": 3, "stream": true,
     });
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", a.base))
-        .bearer_auth(&key)
-        .json(&chat)
-        .send()
-        .await
-        .expect("chat");
-    assert_eq!(response.status(), 200);
+    let response = a.chat(&key, &chat).await;
     let mut events = SseReader::new(response);
     let mut pieces = Vec::new();
     for event in events.rest(Duration::from_secs(60)).await {
@@ -251,15 +257,7 @@ async fn two_replicas_share_the_queue_and_the_survivor_finishes_a_killed_ones_jo
     // And a non-streamed chat on A, answered when B's notice of its end arrives.
     let mut plain = chat.clone();
     plain["stream"] = json!(false);
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", a.base))
-        .bearer_auth(&key)
-        .json(&plain)
-        .send()
-        .await
-        .expect("chat");
-    assert_eq!(response.status(), 200);
-    let completion: Value = response.json().await.expect("completion");
+    let completion: Value = a.chat(&key, &plain).await.json().await.expect("completion");
     assert_eq!(
         completion["choices"][0]["message"]["content"],
         pieces.concat()
