@@ -26,6 +26,9 @@ pub enum Frame {
 #[derive(Debug)]
 pub struct RawAgent {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Answer the coordinator's heartbeats as a real agent does, so a test that waits on
+    /// something slow (a Python client starting) is not dropped as silent.
+    answer_heartbeats: bool,
 }
 
 /// A CPU device as an agent without a GPU reports it.
@@ -71,7 +74,10 @@ impl RawAgent {
     pub async fn connect(base: &str) -> anyhow::Result<Self> {
         let url = format!("{base}/v1/agent/ws");
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
-        Ok(Self { ws })
+        Ok(Self {
+            ws,
+            answer_heartbeats: false,
+        })
     }
 
     /// Connects and completes the hello; fails if the coordinator does not welcome us.
@@ -98,6 +104,11 @@ impl RawAgent {
         Ok(())
     }
 
+    /// From now on, [`RawAgent::next`] answers each heartbeat with one of its own.
+    pub fn answer_heartbeats(&mut self) {
+        self.answer_heartbeats = true;
+    }
+
     /// The next frame that is not a heartbeat.
     pub async fn next(&mut self, within: Duration) -> Frame {
         let deadline = tokio::time::Instant::now() + within;
@@ -107,7 +118,14 @@ impl RawAgent {
             };
             match next {
                 Some(Ok(Message::Text(text))) => match decode_coordinator(&text) {
-                    Ok(CoordinatorMessage::Heartbeat { .. }) => continue,
+                    Ok(CoordinatorMessage::Heartbeat { .. }) => {
+                        if self.answer_heartbeats {
+                            let beat = AgentMessage::Heartbeat { gpus: Vec::new() };
+                            // A failed send shows as the socket closing on the next read.
+                            let _ = self.send(&beat).await;
+                        }
+                        continue;
+                    }
                     Ok(message) => return Frame::Message(message),
                     Err(e) => panic!("coordinator sent a frame we cannot parse: {e}: {text}"),
                 },

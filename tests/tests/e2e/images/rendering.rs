@@ -117,6 +117,9 @@ async fn images_openai_python_client_generates_and_fetches() {
     let (mut agent, _) = RawAgent::join_with(&server.ws(), gpu_hello(&token, MODEL, 1))
         .await
         .expect("join");
+    // The client's start (Python importing its packages) may take longer than the
+    // coordinator's patience with a silent agent on a busy machine.
+    agent.answer_heartbeats();
     let mut command = python_client(&python, &server, MODEL, "512x512", 25);
     let run = command.output();
     tokio::pin!(run);
