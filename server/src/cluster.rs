@@ -237,13 +237,10 @@ impl Cluster {
         db.execute(&delete).await
     }
 
-    /// How many replicas are alive, this one included.
-    pub async fn alive(&self, db: &Db) -> Result<i64, DbError> {
+    /// The replicas alive, this one included.
+    pub async fn alive(&self, db: &Db) -> Result<Vec<Uuid>, DbError> {
         let select = Query::select()
-            .expr(sea_query::Func::cast_as(
-                sea_query::Func::count(Expr::col(Replicas::Id)),
-                "BIGINT",
-            ))
+            .column(Replicas::Id)
             .from(Replicas::Table)
             .and_where(
                 Expr::col(Replicas::SeenMs)
@@ -251,8 +248,12 @@ impl Cluster {
                     .or(Expr::col(Replicas::Id).eq(self.id)),
             )
             .to_owned();
-        let (count,): (i64,) = db.fetch_optional(&select).await?.unwrap_or((1,));
-        Ok(count)
+        let rows: Vec<(Uuid,)> = db.fetch_all(&select).await?;
+        let mut alive: Vec<Uuid> = rows.into_iter().map(|(id,)| id).collect();
+        if !alive.contains(&self.id) {
+            alive.push(self.id);
+        }
+        Ok(alive)
     }
 }
 

@@ -106,6 +106,9 @@ where
         .collect();
     state.dispatcher.agent_joined(session, tx.clone(), slots);
     state.online.joined(session, &tx, &miner_ids);
+    if let Err(e) = miners::connected(&state.db, &miner_ids, state.jobs.cluster().id()).await {
+        tracing::warn!(%session, error = %e, "could not record the miners as connected; other replicas show them offline");
+    }
     for (miner_id, models) in &challenged {
         let issued =
             challenge::issue(&state, session, &tx, miner_id, &identity.wallet, models).await;
@@ -139,7 +142,7 @@ where
     }
     state.dispatcher.agent_left(session);
     state.online.left(session, &miner_ids);
-    if let Err(e) = miners::seen(&state.db, &miner_ids).await {
+    if let Err(e) = miners::seen(&state.db, &miner_ids, state.jobs.cluster().id()).await {
         tracing::warn!(%session, error = %e, "could not record when the miners were last seen");
     }
 }

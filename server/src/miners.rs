@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use infermine_protocol::GpuInfo;
 use sea_query::{Expr, ExprTrait, Iden, OnConflict, Query};
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 use crate::auth::MinerIdentity;
 use crate::db::{Db, DbError, now_ms};
@@ -28,6 +29,7 @@ enum Miners {
     SuspendedMs,
     SuspendedReason,
     ValidatorSinceMs,
+    Replica,
 }
 
 /// Records (or refreshes) every device of a rig that just connected.
@@ -72,14 +74,34 @@ pub async fn register(db: &Db, identity: &MinerIdentity, gpus: &[GpuInfo]) -> Re
     Ok(())
 }
 
-/// Stamps the miners of a session that just ended.
-pub async fn seen(db: &Db, miner_ids: &[String]) -> Result<(), DbError> {
+/// The GPUs that got slots in a session of `replica`: online, wherever they are looked up.
+pub async fn connected(db: &Db, miner_ids: &[String], replica: Uuid) -> Result<(), DbError> {
     if miner_ids.is_empty() {
         return Ok(());
     }
     let update = Query::update()
         .table(Miners::Table)
+        .value(Miners::Replica, replica)
+        .and_where(Expr::col(Miners::MinerId).is_in(miner_ids.iter().map(String::as_str)))
+        .to_owned();
+    db.execute(&update).await?;
+    Ok(())
+}
+
+/// Stamps the miners of a session of `replica` that just ended: offline, unless they are
+/// already connected again (to another replica).
+pub async fn seen(db: &Db, miner_ids: &[String], replica: Uuid) -> Result<(), DbError> {
+    if miner_ids.is_empty() {
+        return Ok(());
+    }
+    let ours = Expr::col(Miners::Replica).eq(replica);
+    let update = Query::update()
+        .table(Miners::Table)
         .value(Miners::LastSeenMs, now_ms())
+        .value(
+            Miners::Replica,
+            Expr::case(ours, Expr::value(Option::<Uuid>::None)).finally(Expr::col(Miners::Replica)),
+        )
         .and_where(Expr::col(Miners::MinerId).is_in(miner_ids.iter().map(String::as_str)))
         .to_owned();
     db.execute(&update).await?;
@@ -110,9 +132,11 @@ pub struct MinerRow {
     pub last_seen_ms: i64,
     pub suspended_ms: Option<i64>,
     pub suspended_reason: Option<String>,
+    /// The replica its agent is connected to, if any.
+    pub replica: Option<Uuid>,
 }
 
-const MINER_COLUMNS: [Miners; 11] = [
+const MINER_COLUMNS: [Miners; 12] = [
     Miners::MinerId,
     Miners::Wallet,
     Miners::Name,
@@ -124,6 +148,7 @@ const MINER_COLUMNS: [Miners; 11] = [
     Miners::LastSeenMs,
     Miners::SuspendedMs,
     Miners::SuspendedReason,
+    Miners::Replica,
 ];
 
 pub async fn get(db: &Db, miner_id: &str) -> Result<Option<MinerRow>, DbError> {

@@ -42,7 +42,7 @@ pub struct CoordinatorStatus {
     pub replica: uuid::Uuid,
     /// Replicas alive on the database, this one included (absent when the database does not
     /// answer).
-    pub replicas: Option<i64>,
+    pub replicas: Option<usize>,
     pub storage: StorageStatus,
 }
 
@@ -61,7 +61,7 @@ async fn status(State(state): State<AppState>) -> Json<CoordinatorStatus> {
     let snapshot = state.dispatcher.snapshot().await;
     let cluster = state.jobs.cluster();
     let replicas = match cluster.alive(&state.db).await {
-        Ok(count) => Some(count),
+        Ok(alive) => Some(alive.len()),
         Err(e) => {
             tracing::warn!(error = %e, "cannot count the replicas");
             None

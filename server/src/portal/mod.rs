@@ -139,9 +139,15 @@ pub struct WalletView {
     pub boost: Boost,
 }
 
-fn miner_view(state: &AppState, row: MinerRow, boosted: bool) -> Miner {
+/// The replicas alive: a miner whose agent is connected to one of them is online.
+async fn alive_replicas(state: &AppState) -> Result<Vec<Uuid>, ApiError> {
+    Ok(state.jobs.cluster().alive(&state.db).await?)
+}
+
+fn miner_view(state: &AppState, row: MinerRow, boosted: bool, alive: &[Uuid]) -> Miner {
     Miner {
-        online: state.online.is_online(&row.miner_id),
+        online: state.online.is_online(&row.miner_id)
+            || row.replica.is_some_and(|r| alive.contains(&r)),
         models: row
             .models
             .as_deref()
@@ -196,12 +202,13 @@ pub async fn wallet(
     } else {
         Vec::new()
     };
+    let alive = alive_replicas(&state).await?;
     let mut miners = Vec::with_capacity(rows.len());
     for row in rows {
         let is_boosted = boosted.contains(&row.miner_id);
         let (jobs_24h, mean_latency_ms_24h) = last_day(&state, &row.miner_id).await?;
         miners.push(MinerView {
-            miner: miner_view(&state, row, is_boosted),
+            miner: miner_view(&state, row, is_boosted, &alive),
             jobs_24h,
             mean_latency_ms_24h,
         });
@@ -450,7 +457,7 @@ pub async fn miner(
         boosted_miners(&seniority, nft_held).contains(miner_id.as_str())
     };
     Ok(Json(MinerView {
-        miner: miner_view(&state, row, boosted),
+        miner: miner_view(&state, row, boosted, &alive_replicas(&state).await?),
         jobs_24h,
         mean_latency_ms_24h,
     }))

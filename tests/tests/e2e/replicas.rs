@@ -123,6 +123,27 @@ impl Replica {
         response
     }
 
+    /// The wallet's GPUs as this replica's portal API shows them: rig name → online.
+    async fn online(&self) -> HashMap<String, bool> {
+        let wallet: Value = reqwest::get(format!("{}/api/v1/wallets/{WALLET}", self.base))
+            .await
+            .expect("wallet")
+            .json()
+            .await
+            .expect("wallet json");
+        wallet["miners"]
+            .as_array()
+            .expect("miners")
+            .iter()
+            .map(|m| {
+                (
+                    m["rig"].as_str().unwrap_or_default().to_owned(),
+                    m["online"].as_bool().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     async fn status(&self) -> Value {
         reqwest::get(format!("{}/v1/status", self.base))
             .await
@@ -214,6 +235,11 @@ async fn two_replicas_share_the_queue_and_the_survivor_finishes_a_killed_ones_jo
     )
     .await;
     b.wait_status("B's agent", |s| s["slots"] == 1).await;
+    assert_eq!(
+        a.online().await.get("rig-b"),
+        Some(&true),
+        "A's portal shows B's agent online"
+    );
     let ids = submit_many(&on_a, 10, 5, 0).await;
     for view in wait_all(&on_a, &ids).await {
         assert_eq!(view["status"], "completed", "{view}");
@@ -295,6 +321,11 @@ async fn two_replicas_share_the_queue_and_the_survivor_finishes_a_killed_ones_jo
     b.child.kill().await.expect("kill B");
     a.wait_status("A to count B gone", |s| s["replicas"] == 1)
         .await;
+    assert_eq!(
+        a.online().await.get("rig-b"),
+        Some(&false),
+        "B's agent is offline once B is gone"
+    );
     // B's agent lost its coordinator before finishing any of these: A's agent ran them all,
     // B's cut-short attempts included (which do not count against the jobs).
     for view in wait_all(&on_a, &slow).await {
