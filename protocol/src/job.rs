@@ -79,10 +79,10 @@ pub struct LlmParams {
     /// Most tokens to generate; the model's limit applies when absent.
     #[serde(default)]
     pub max_tokens: Option<u32>,
-    #[serde(default = "default_temperature")]
+    #[serde(default = "default_temperature", deserialize_with = "finite")]
     #[cfg_attr(feature = "openapi", schema(default = 1.0))]
     pub temperature: f32,
-    #[serde(default = "default_top_p")]
+    #[serde(default = "default_top_p", deserialize_with = "finite")]
     #[cfg_attr(feature = "openapi", schema(default = 1.0))]
     pub top_p: f32,
     /// 0 turns top-k filtering off.
@@ -94,6 +94,28 @@ pub struct LlmParams {
     /// Sampling seed: the same seed on the same device gives the same text.
     #[serde(default)]
     pub seed: u64,
+}
+
+/// An `f32` that must be finite. A JSON number beyond `f32`'s range would parse as infinity,
+/// which JSON cannot carry: the job would be stored with `null` there and never read back.
+fn finite<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f32, D::Error> {
+    let value = f32::deserialize(deserializer)?;
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(
+            "expected a finite number within ±3.4e38",
+        ))
+    }
+}
+
+/// [`finite`], for an optional field (`null` is absent).
+fn finite_or_none<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<f32>, D::Error> {
+    #[derive(Deserialize)]
+    struct Finite(#[serde(deserialize_with = "finite")] f32);
+    Ok(Option::<Finite>::deserialize(deserializer)?.map(|Finite(value)| value))
 }
 
 fn default_temperature() -> f32 {
@@ -115,7 +137,7 @@ pub struct ImageParams {
     pub width: u32,
     pub height: u32,
     pub steps: u32,
-    #[serde(default = "default_guidance")]
+    #[serde(default = "default_guidance", deserialize_with = "finite")]
     #[cfg_attr(feature = "openapi", schema(default = 7.5))]
     pub guidance_scale: f32,
     /// Seed of the initial noise, drawn on the CPU so any device starts from the same latents.
@@ -127,7 +149,11 @@ pub struct ImageParams {
     pub scheduler: Option<String>,
     /// Strength of the model's LoRA (`1.0` as trained, `0.0` off); only for models that
     /// carry a LoRA. The model's default when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "finite_or_none"
+    )]
     pub lora_scale: Option<f32>,
 }
 
@@ -273,4 +299,44 @@ pub struct Metrics {
     pub infer_ms: u64,
     #[serde(default)]
     pub upload_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (found by fuzz/job_params): a number beyond f32's range parsed as infinity,
+    /// which was stored as `null` and could not be read back.
+    #[test]
+    fn floats_beyond_f32_are_refused_at_the_door() {
+        let llm = |field: &str, value: &str| {
+            let json =
+                format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],"{field}":{value}}}"#);
+            JobParams::from_json(ModelKind::Llm, serde_json::from_str(&json).expect("json"))
+        };
+        for field in ["temperature", "top_p"] {
+            let error = llm(field, "1e39").expect_err("out of range").to_string();
+            assert!(error.contains("finite number"), "{field}: {error}");
+            assert!(llm(field, "0.5").is_ok(), "{field}");
+        }
+        let image = |extra: &str| {
+            let json = format!(r#"{{"prompt":"p","width":64,"height":64,"steps":2{extra}}}"#);
+            JobParams::from_json(ModelKind::Image, serde_json::from_str(&json).expect("json"))
+        };
+        assert!(image(r#","guidance_scale":-1e40"#).is_err());
+        assert!(image(r#","lora_scale":1e39"#).is_err());
+        let Ok(JobParams::Image(p)) = image(r#","lora_scale":null"#) else {
+            panic!("null lora_scale is absent")
+        };
+        assert_eq!(p.lora_scale, None);
+        let Ok(JobParams::Image(p)) = image(r#","lora_scale":0.8"#) else {
+            panic!("a finite lora_scale parses")
+        };
+        assert_eq!(p.lora_scale, Some(0.8));
+        let stored = serde_json::to_string(&JobParams::Image(p.clone())).expect("encode");
+        assert_eq!(
+            serde_json::from_str::<JobParams>(&stored).expect("decode"),
+            JobParams::Image(p)
+        );
+    }
 }
