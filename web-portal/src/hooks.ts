@@ -7,13 +7,18 @@ export type Loadable<T> =
 
 /**
  * Runs `load` whenever `key` changes (a null key loads nothing), aborting the previous run.
- * `reload` runs it again with the same key.
+ * `reload` runs it again with the same key. A result is only ever shown for the key it was
+ * loaded for: between a key change and the new load's start the state is `loading`, never
+ * the previous key's data under the new key's heading.
  */
 export function useLoad<T>(
   key: string | null,
   load: (signal: AbortSignal) => Promise<T>,
 ): Loadable<T> & { reload: () => void } {
-  const [result, setResult] = useState<Loadable<T>>({ state: 'loading' });
+  const [result, setResult] = useState<{ key: string | null; value: Loadable<T> }>({
+    key,
+    value: { state: 'loading' },
+  });
   const [generation, setGeneration] = useState(0);
   const loadRef = useRef(load);
   loadRef.current = load;
@@ -21,21 +26,26 @@ export function useLoad<T>(
   useEffect(() => {
     if (key === null) return;
     const controller = new AbortController();
-    setResult({ state: 'loading' });
+    setResult({ key, value: { state: 'loading' } });
     loadRef.current(controller.signal).then(
       (data) => {
-        if (!controller.signal.aborted) setResult({ state: 'ok', data });
+        if (!controller.signal.aborted) setResult({ key, value: { state: 'ok', data } });
       },
       (error: unknown) => {
         if (controller.signal.aborted) return;
-        setResult({ state: 'error', error: error instanceof Error ? error : new Error(String(error)) });
+        const value: Loadable<T> = {
+          state: 'error',
+          error: error instanceof Error ? error : new Error(String(error)),
+        };
+        setResult({ key, value });
       },
     );
     return () => controller.abort();
   }, [key, generation]);
 
   const reload = useCallback(() => setGeneration((g) => g + 1), []);
-  return { ...result, reload };
+  const value: Loadable<T> = result.key === key ? result.value : { state: 'loading' };
+  return { ...value, reload };
 }
 
 /** Sets the document title while a page is shown. */

@@ -74,7 +74,14 @@ export default function LeaderboardPage() {
           </select>
         </div>
       </div>
-      <section aria-labelledby="board-heading" className="card">
+      <section
+        aria-labelledby="board-heading"
+        aria-busy={board.state === 'loading'}
+        className="card"
+        data-testid="leaderboard"
+        data-kind={kind}
+        data-period={period}
+      >
         <h2 id="board-heading">
           {kindLabel(kind)} points, {periodLabel.toLowerCase()}
         </h2>
