@@ -325,6 +325,17 @@ struct Core {
 }
 
 impl Core {
+    /// Closes the breaker (S3 took an object): puts go to S3 directly again.
+    fn close_breaker(&self) {
+        if self.breaker_open.swap(false, Ordering::AcqRel) {
+            tracing::info!(
+                endpoint = %self.remote.endpoint(),
+                spooled = self.spool.stats().objects,
+                "S3 is working again; new objects go to it directly while the spool drains"
+            );
+        }
+    }
+
     /// Opens the breaker; logs once per outage, not once per object.
     fn trip(&self, error: &RemoteError) {
         if !self.breaker_open.swap(true, Ordering::AcqRel) {
@@ -423,10 +434,11 @@ impl Storage {
             sha256,
             spooled: false,
         };
-        // Older spooled objects go first, so a key written twice ends with its newest body.
+        // A key with an older write still spooled goes to the spool too, behind it, so the key
+        // ends with its newest body; other keys go straight to S3 while the backlog drains.
         let direct = !core.breaker_open.load(Ordering::Acquire)
             && core.bucket_ready.load(Ordering::Acquire)
-            && core.spool.is_empty();
+            && !core.spool.holds(key);
         if direct {
             match core.remote.put(key, &body, content_type).await {
                 Ok(()) => return Ok(stored),

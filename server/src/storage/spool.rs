@@ -11,7 +11,7 @@
 //! The index (and with it [`SpoolStats`]) is kept in memory and rebuilt from the directory at
 //! start-up. All file I/O runs on the blocking pool.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write as _};
 use std::path::{Path, PathBuf};
@@ -103,12 +103,26 @@ impl Spool {
         }
     }
 
-    pub(super) fn is_empty(&self) -> bool {
-        self.index().entries.is_empty()
+    /// Up to `n` of the oldest entries, at most one per key: a key's later write waits until
+    /// its earlier one is uploaded, so the newest body lands last.
+    pub(super) fn oldest_distinct(&self, n: usize) -> Vec<Entry> {
+        let index = self.index();
+        let mut keys = HashSet::new();
+        let mut batch = Vec::with_capacity(n);
+        for entry in index.entries.values() {
+            if batch.len() == n {
+                break;
+            }
+            if keys.insert(entry.key.as_str()) {
+                batch.push(entry.clone());
+            }
+        }
+        batch
     }
 
-    pub(super) fn oldest(&self) -> Option<Entry> {
-        self.index().entries.values().next().cloned()
+    /// Whether some write of `key` still waits in the spool.
+    pub(super) fn holds(&self, key: &str) -> bool {
+        self.index().newest.contains_key(key)
     }
 
     pub(super) fn newest(&self, key: &str) -> Option<Entry> {
