@@ -4,10 +4,11 @@
 //! when a replica is killed mid-job its leases go back to the queue and the survivor finishes.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use infermine_tests::process::ServerProcess;
 use infermine_tests::sse::SseReader;
 use infermine_tests::{AgentProcess, Backend, Client, ObjectStore, WALLET, synth_models};
 use serde_json::{Value, json};
@@ -18,18 +19,12 @@ const SECRET: &str = "2f9c4e1b7a3d5f608e1c2b4a6d8f0e13579bdf02468ace13579bdf0246
 
 /// A coordinator process.
 struct Replica {
-    child: tokio::process::Child,
+    server: ServerProcess,
     base: String,
-    log: PathBuf,
 }
 
 impl Replica {
     async fn start(name: &str, dir: &Path, database_url: &str, store: &ObjectStore) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let data = dir.join(name);
         let storage = match store {
             ObjectStore::External {
                 endpoint,
@@ -42,10 +37,8 @@ impl Replica {
             // Each replica keeps its own objects; fine for jobs whose output is text.
             ObjectStore::Embedded => String::new(),
         };
-        let config = format!(
-            "listen = \"127.0.0.1:{port}\"\n\
-             data_dir = \"{data}\"\n\
-             database_url = \"{database_url}\"\n\
+        let settings = format!(
+            "database_url = \"{database_url}\"\n\
              jwt_secret = \"{SECRET}\"\n\
              heartbeat_interval_s = 1\n\
              agent_timeout_s = 5\n\
@@ -53,61 +46,19 @@ impl Replica {
              [review]\nenabled = false\n\
              [cluster]\nheartbeat_ms = 200\ndead_after_ms = 1500\n\
              [storage]\n{storage}",
-            data = data.display(),
         );
-        std::fs::create_dir_all(&data).expect("data dir");
-        let config_path = dir.join(format!("{name}.toml"));
-        std::fs::write(&config_path, config).expect("config");
-        let log = dir.join(format!("{name}.log"));
-        let child =
-            tokio::process::Command::new(infermine_tests::server_binary().expect("server binary"))
-                .arg("--config")
-                .arg(&config_path)
-                .arg("serve")
-                .env("RUST_LOG", "info")
-                .stdout(std::fs::File::create(&log).expect("log"))
-                .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).expect("log"))
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start infermine-server");
-        let replica = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        replica.wait_ready().await;
-        replica
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(response) = reqwest::get(format!("{}/readyz", self.base)).await
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica at {} never became ready; log:\n{}",
-                self.base,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let server = ServerProcess::start(name, dir, &settings).await;
+        server.wait_for("/readyz").await;
+        let base = server.base.clone();
+        Self { server, base }
     }
 
     fn ws(&self) -> String {
-        self.base.replacen("http", "ws", 1)
+        self.server.ws()
     }
 
     fn log(&self) -> String {
-        let err = self.log.with_extension("err");
-        format!(
-            "{}{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default(),
-            std::fs::read_to_string(err).unwrap_or_default()
-        )
+        self.server.log()
     }
 
     /// `POST /v1/chat/completions`, expecting 200.
@@ -318,7 +269,7 @@ async fn two_replicas_share_the_queue_and_the_survivor_finishes_a_killed_ones_jo
         .collect();
     b.wait_status("a job leased on B", |s| s["leased"].as_u64() >= Some(1))
         .await;
-    b.child.kill().await.expect("kill B");
+    b.server.kill().await;
     a.wait_status("A to count B gone", |s| s["replicas"] == 1)
         .await;
     assert_eq!(
@@ -333,9 +284,13 @@ async fn two_replicas_share_the_queue_and_the_survivor_finishes_a_killed_ones_jo
         assert!(miner_of(&view).ends_with("-rig-a-gpu0"), "{view}");
         assert_eq!(view["attempts"], 1, "{view}");
     }
+    let requeued = "requeued the leases of a coordinator replica that is gone";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.log().contains(requeued) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
-        a.log()
-            .contains("requeued the leases of a coordinator replica that is gone"),
+        a.log().contains(requeued),
         "A never requeued B's leases; log:\n{}",
         a.log()
     );
