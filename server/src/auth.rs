@@ -26,6 +26,8 @@ pub enum AuthError {
     BadWallet(String),
     #[error("rig name `{0}` must be 1-32 characters of letters, digits, `-` or `_`")]
     BadName(String),
+    #[error("API key name {0:?} may not contain a NUL character")]
+    BadKeyName(String),
     #[error("miner token is malformed or not signed by this coordinator ({0})")]
     BadToken(String),
     #[error("miner token was revoked or never issued by this coordinator")]
@@ -201,6 +203,10 @@ impl Auth {
 
     /// Creates a consumer API key. The key is returned once; only its hash is kept.
     pub async fn create_api_key(&self, name: &str) -> Result<String, AuthError> {
+        // Stored as text, where PostgreSQL cannot take a NUL character.
+        if name.contains('\0') {
+            return Err(AuthError::BadKeyName(name.to_owned()));
+        }
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
         let key = format!(

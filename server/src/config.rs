@@ -52,6 +52,11 @@ pub struct Config {
     pub lease_grace_ms: u64,
     /// Largest request body the consumer API accepts, in bytes.
     pub max_body_bytes: usize,
+    /// How long a client has to send a request's headers, in seconds, from the moment the
+    /// connection opens (or the previous response went out): connections that send nothing or
+    /// dribble their headers (slow-loris) are closed, as are keep-alive connections idle as
+    /// long.
+    pub header_timeout_s: u64,
     /// Longest `?wait=` a consumer may ask for on `GET /v1/jobs/{id}`, in seconds.
     pub max_wait_s: u64,
     /// On shutdown, how long running jobs may take to finish before they are requeued.
@@ -98,6 +103,7 @@ impl Default for Config {
             max_attempts: 3,
             lease_grace_ms: 5_000,
             max_body_bytes: 1024 * 1024,
+            header_timeout_s: 30,
             max_wait_s: 60,
             drain_timeout_s: 20,
             agent_max_frames_per_s: 2_000,
@@ -219,6 +225,9 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return invalid("max_body_bytes must be at least 1024");
         }
+        if !(1..=3600).contains(&self.header_timeout_s) {
+            return invalid("header_timeout_s must be between 1 and 3600");
+        }
         if self.agent_max_frames_per_s == 0 {
             return invalid("agent_max_frames_per_s must be at least 1");
         }
@@ -312,6 +321,10 @@ pub struct Overrides {
     #[arg(long, env = "INFERMINE_MAX_BODY_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<usize>,
+    /// Seconds a client has to send a request's headers [default: 30]
+    #[arg(long, env = "INFERMINE_HEADER_TIMEOUT_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_timeout_s: Option<u64>,
     /// Longest long-poll on GET /v1/jobs/{id}?wait=, seconds [default: 60]
     #[arg(long, env = "INFERMINE_MAX_WAIT_S")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -4,9 +4,12 @@
 //! failures are logged with their detail and answered as a bare 500.
 
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::db::DbError;
 
@@ -203,14 +206,87 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// `axum::Json` whose rejections answer in the API's error shape.
-#[derive(Debug, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// `axum::Json` whose rejections answer in the API's error shape, and which refuses a NUL
+/// character (U+0000) anywhere in the body's strings, naming where: PostgreSQL cannot store
+/// one in text, so it is refused (on either database) before anything is stored.
+#[derive(Debug)]
 pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) = axum::Json::<Value>::from_request(request, state).await?;
+        if let Some(path) = nul_at(&value, String::new()) {
+            let at = if path.is_empty() {
+                "the body".to_owned()
+            } else {
+                format!("`{path}`")
+            };
+            return Err(ApiError::BadParam {
+                code: "invalid_character",
+                message: format!("{at} contains a NUL character (\\u0000), which no text may"),
+                param: (!path.is_empty()).then_some(path),
+            });
+        }
+        serde_json::from_value(value).map(Self).map_err(|e| {
+            ApiError::InvalidRequest(format!(
+                "invalid JSON body: Failed to deserialize the JSON body into the target type: {e}"
+            ))
+        })
+    }
+}
+
+/// Where the first NUL character in `value`'s strings (object keys included) is, as a path
+/// such as `messages[0].content`; `None` when there is none.
+fn nul_at(value: &Value, path: String) -> Option<String> {
+    match value {
+        Value::String(text) => text.contains('\0').then_some(path),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_at(item, format!("{path}[{i}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            let inner = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            if key.contains('\0') {
+                Some(inner)
+            } else {
+                nul_at(item, inner)
+            }
+        }),
+        _ => None,
+    }
+}
 
 #[cfg(test)]
 mod tests {
-    use super::ApiError;
+    use super::{ApiError, nul_at};
+
+    #[test]
+    fn nul_characters_are_found_and_located() {
+        let body = serde_json::json!({
+            "model": "m",
+            "messages": [{ "role": "user", "content": "ok" }, { "content": "a\u{0}b" }],
+        });
+        assert_eq!(
+            nul_at(&body, String::new()).as_deref(),
+            Some("messages[1].content")
+        );
+        assert_eq!(
+            nul_at(&serde_json::json!({ "k\u{0}": 1 }), String::new()).as_deref(),
+            Some("k\u{0}")
+        );
+        assert_eq!(
+            nul_at(&serde_json::json!("\u{0}"), String::new()).as_deref(),
+            Some("")
+        );
+        let clean = serde_json::json!({ "a": ["'; DROP TABLE jobs; --", "\u{1F600}", 1, null] });
+        assert_eq!(nul_at(&clean, String::new()), None);
+    }
 
     #[test]
     fn errors_carry_openai_type_and_param() {

@@ -288,6 +288,16 @@ fn plan_slots(
     let registry = state.jobs.registry();
     let mut slots = Vec::with_capacity(hello.gpus.len());
     for gpu in &hello.gpus {
+        // Stored as text, where PostgreSQL cannot take a NUL character.
+        if gpu.name.contains('\0') || gpu.uuid.contains('\0') {
+            return Err(Ending::new(
+                CloseCode::PolicyViolation,
+                format!(
+                    "device {}: gpus[].name and gpus[].uuid may not contain a NUL character",
+                    gpu.index
+                ),
+            ));
+        }
         if !seen.insert(gpu.index) {
             return Err(Ending::new(
                 CloseCode::ProtocolError,
@@ -470,6 +480,7 @@ fn handle(
             reason,
             retryable,
         } => {
+            let reason = without_nul(reason);
             reports.spawn(async move {
                 report(
                     session,
@@ -486,6 +497,7 @@ fn handle(
         }
         AgentMessage::Proof { id, sha256, error } => {
             let state = state.clone();
+            let error = error.map(without_nul);
             reports.spawn(async move {
                 if let Err(e) = challenge::answered(&state, session, id, sha256, error).await {
                     tracing::warn!(%session, challenge = id, error = %e, "could not judge a challenge's proof");
@@ -495,6 +507,17 @@ fn handle(
         AgentMessage::Accepted { .. } | AgentMessage::Heartbeat { .. } => {}
     }
     None
+}
+
+/// An agent's words for the record (a failure reason, a proof's error), with each NUL
+/// character (which PostgreSQL cannot store in text) replaced by U+FFFD: the report is
+/// recorded rather than lost to a database error.
+fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
 }
 
 fn report(session: SessionId, outcome: Result<(), Refusal>) {

@@ -48,6 +48,7 @@ pub mod gateway;
 pub mod jobs;
 pub mod ledger;
 pub mod limits;
+mod listen;
 pub mod metrics;
 pub mod miners;
 pub mod openai;
@@ -67,7 +68,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -105,6 +105,11 @@ pub fn app(state: AppState) -> Router {
     openapi::serve(routes())
         .fallback(portal::site::fallback)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.max_body_bytes,
+            listen::refuse_declared_oversize,
+        ))
+        .layer(axum::middleware::from_fn(listen::refuse_nul_in_uri))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.limiters),
             limits::limit,
@@ -285,20 +290,8 @@ pub async fn run(
         }
         let _ = closing_tx.send(true);
     };
-    // Frames and responses are small; without TCP_NODELAY, Nagle's algorithm meets delayed
-    // ACKs and adds ~40 ms to a round trip.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(graceful)
-    .await
-    .context("server error")?;
+    let header_timeout = Duration::from_secs(config.header_timeout_s);
+    listen::serve(listener, app(state), header_timeout, graceful).await;
     sweeper.abort();
     upkeep.abort();
     // Leases are released (above): the others need not wait for this replica's heartbeat to

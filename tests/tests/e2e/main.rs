@@ -2,6 +2,7 @@
 //! WebSockets, a real database (SQLite always; PostgreSQL when `INFERMINE_TEST_POSTGRES_URL`
 //! is set). One test binary, so the suite links once.
 
+mod abuse;
 mod api_errors;
 mod cases;
 mod challenges;
