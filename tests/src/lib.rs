@@ -403,9 +403,71 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// The coordinator binary, built next to the agent's.
+/// The coordinator binary of this test's profile (`cargo build --workspace --bins` builds it;
+/// so does [`cargo_build`]).
 pub fn server_binary() -> anyhow::Result<PathBuf> {
-    Ok(agent_binary()?.with_file_name("infermine-server"))
+    if let Ok(path) = std::env::var("INFERMINE_SERVER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let binary = profile_dir()?.join("infermine-server");
+    if !binary.is_file() {
+        bail!(
+            "{} not found: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// The folder this test's profile builds binaries into (`target/debug`, `target/release`).
+pub fn profile_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    let parent = exe.parent().context("the test binary has no folder")?;
+    let dir = if parent.file_name().is_some_and(|name| name == "deps") {
+        parent.parent().context("deps has no parent")?
+    } else {
+        parent
+    };
+    Ok(dir.to_owned())
+}
+
+/// Runs `cargo build ARGS` in this test's profile with the cargo that runs the test, so a test
+/// can build the binaries it starts (a no-op when they are up to date).
+pub fn cargo_build(args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut build = std::process::Command::new(cargo);
+    // The variables cargo sets for this test would look like a changed environment to build
+    // scripts that watch them (ring watches CARGO_MANIFEST_DIR) and rebuild half the tree.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let per_crate = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ];
+        if per_crate.iter().any(|prefix| name.starts_with(prefix)) {
+            build.env_remove(name.as_ref());
+        }
+    }
+    build.arg("build").args(args);
+    let release = profile_dir()
+        .ok()
+        .is_some_and(|dir| dir.file_name().is_some_and(|name| name == "release"));
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(
+        status.success(),
+        "`cargo build {}{}` failed (its output is above)",
+        args.join(" "),
+        if release { " --release" } else { "" }
+    );
 }
 
 impl AgentProcess {

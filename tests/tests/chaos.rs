@@ -136,6 +136,7 @@ impl Plan {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_or_credited_twice_through_kills_restarts_and_an_s3_outage() {
     infermine_tests::init();
+    infermine_tests::cargo_build(&["-p", "infermine-server", "--bin", "infermine-server"]);
     let plan = Plan::from_env();
     run(&plan, None).await;
     if let Some(Backend::Postgres(url)) = Backend::postgres().await {

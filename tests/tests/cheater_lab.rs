@@ -139,28 +139,7 @@ const HONEST: &[Honest] = &[
 fn cheat_agent_binary() -> PathBuf {
     let agent = agent_binary().expect("agent binary");
     let dir = agent.parent().expect("target dir");
-    let release = dir.file_name().is_some_and(|name| name == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut build = std::process::Command::new(cargo);
-    // The variables cargo sets for this test would look like a changed environment to build
-    // scripts that watch them (ring watches CARGO_MANIFEST_DIR) and rebuild half the tree.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let per_crate = [
-            "CARGO_MANIFEST_",
-            "CARGO_PKG_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_PACKAGE",
-            "CARGO_TARGET_TMPDIR",
-            "CARGO_RUSTC_CURRENT_DIR",
-        ];
-        if per_crate.iter().any(|prefix| name.starts_with(prefix)) {
-            build.env_remove(name.as_ref());
-        }
-    }
-    build.args([
-        "build",
+    infermine_tests::cargo_build(&[
         "-p",
         "infermine-agent",
         "--features",
@@ -168,15 +147,6 @@ fn cheat_agent_binary() -> PathBuf {
         "--bin",
         "infermine-cheat-agent",
     ]);
-    if release {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build");
-    assert!(
-        status.success(),
-        "building infermine-cheat-agent failed: run `cargo build -p infermine-agent --features \
-         cheat-lab --bin infermine-cheat-agent` to see why"
-    );
     let binary = dir.join("infermine-cheat-agent");
     assert!(binary.is_file(), "{} was not built", binary.display());
     binary
