@@ -208,9 +208,12 @@ pub async fn get(
     Query(query): Query<WaitQuery>,
 ) -> Result<axum::Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
+    let max_wait = state.jobs.limits.max_wait;
     let wait = match query.wait {
+        // A wait beyond what a Duration holds (`from_secs_f64` would panic) is, like any wait
+        // above the limit, cut to the limit.
         Some(w) if w.is_finite() && w >= 0.0 => {
-            Duration::from_secs_f64(w).min(state.jobs.limits.max_wait)
+            Duration::try_from_secs_f64(w).map_or(max_wait, |w| w.min(max_wait))
         }
         Some(_) => {
             return Err(ApiError::InvalidRequest(

@@ -212,3 +212,40 @@ async fn a_job_is_visible_only_to_the_key_that_submitted_it() {
         "{view}"
     );
 }
+
+/// Regression (found by scripts/schemathesis.sh): a `?wait=` too large for a `Duration`
+/// (`3.4e112`) panicked the handler, so the connection closed without an answer. It is cut to
+/// `max_wait_s` like any other long wait; a negative or non-finite one is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_beyond_any_duration_is_cut_to_the_limit() {
+    let server = TestServer::start_with(&Backend::Sqlite, |config| config.max_wait_s = 1).await;
+    let key = server.api_key.clone();
+    let id = server.client().submit_ok("synthetic-echo", json!({})).await;
+    for wait in [
+        "3.4451231740982003e%2B112",
+        "1e300",
+        "1.7976931348623157e308",
+    ] {
+        let started = std::time::Instant::now();
+        let path = format!("/v1/jobs/{id}?wait={wait}");
+        let (status, view) = raw(&server, "GET", &path, Some(&key), None, vec![]).await;
+        assert_eq!(
+            (status, view["status"].as_str()),
+            (200, Some("queued")),
+            "wait={wait}: {view}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "wait={wait} should be cut to max_wait_s (1 s)"
+        );
+    }
+    for wait in ["-1", "NaN", "inf"] {
+        let path = format!("/v1/jobs/{id}?wait={wait}");
+        assert_error(
+            &raw(&server, "GET", &path, Some(&key), None, vec![]).await,
+            400,
+            "invalid_request",
+            "wait",
+        );
+    }
+}
