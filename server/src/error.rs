@@ -3,7 +3,7 @@
 //! route, so OpenAI clients read them (the native routes answer the same shape). Internal
 //! failures are logged with their detail and answered as a bare 500.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -189,6 +189,18 @@ impl IntoResponse for ApiError {
         (self.status(), axum::Json(self.body())).into_response()
     }
 }
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::InvalidRequest(format!("invalid query string: {}", rejection.body_text()))
+    }
+}
+
+/// `axum::extract::Query` whose rejections answer in the API's error shape (JSON, naming
+/// the parameter), not axum's plain text.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {

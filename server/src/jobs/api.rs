@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::IntoResponse;
@@ -23,7 +23,7 @@ use crate::AppState;
 use crate::cluster::Event;
 use crate::db::now_ms;
 use crate::dispatch::QueuedJob;
-use crate::error::{ApiError, ApiJson, ErrorBody};
+use crate::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use crate::registry::Limits;
 
 /// The caller's verified API key id.
@@ -205,7 +205,7 @@ pub async fn get(
     State(state): State<AppState>,
     ConsumerKey(key): ConsumerKey,
     Path(id): Path<String>,
-    Query(query): Query<WaitQuery>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> Result<axum::Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
     let max_wait = state.jobs.limits.max_wait;

@@ -3,7 +3,7 @@
 //! reason) or a dismissal.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -14,7 +14,7 @@ use super::admin::{slash_amount, suspend};
 use super::{Amount, page_limit, wallet_param};
 use crate::AppState;
 use crate::db::now_ms;
-use crate::error::{ApiError, ApiJson, ErrorBody};
+use crate::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use crate::ledger::Scope;
 use crate::points::SeasonWindow;
 use crate::review::cases::{self, CaseFilter, CaseRow, Check, DecideError, SlashDecision, Status};
@@ -142,7 +142,7 @@ impl From<DecideError> for ApiError {
 pub async fn list_cases(
     State(state): State<AppState>,
     _admin: AdminSession,
-    Query(query): Query<CasesQuery>,
+    ApiQuery(query): ApiQuery<CasesQuery>,
 ) -> Result<Json<CasePage>, ApiError> {
     let before = match &query.cursor {
         None => None,

@@ -11,7 +11,7 @@ mod review;
 pub mod site;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::normalize_wallet;
 use crate::db::now_ms;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ApiQuery, ErrorBody};
 use crate::ledger::{self, EntryFilter, EntryKind, EntryRow, holdings, points};
 use crate::miners::{self, MinerRow};
 use crate::points::{GPUS_PER_NFT, MicroPoints, PointsKind, SeasonWindow, boosted_miners};
@@ -338,7 +338,7 @@ fn page(rows: Vec<EntryRow>, limit: u64) -> EntryPage {
 pub async fn wallet_ledger(
     State(state): State<AppState>,
     Path(address): Path<String>,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<EntryPage>, ApiError> {
     let filter = page_filter(Some(wallet_param(&address)?), &query, None)?;
     let rows = ledger::entries(&state.db, &filter).await?;
@@ -383,7 +383,7 @@ pub struct History {
 pub async fn points_history(
     State(state): State<AppState>,
     Path(address): Path<String>,
-    Query(query): Query<HistoryQuery>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<History>, ApiError> {
     let wallet = wallet_param(&address)?;
     if query.bucket.as_deref().is_some_and(|b| b != "day") {
@@ -504,7 +504,7 @@ pub struct Leaderboard {
         (status = 400, description = "bad kind, period or limit", body = ErrorBody)))]
 pub async fn leaderboard(
     State(state): State<AppState>,
-    Query(query): Query<LeaderboardQuery>,
+    ApiQuery(query): ApiQuery<LeaderboardQuery>,
 ) -> Result<Json<Leaderboard>, ApiError> {
     let period = query.period.unwrap_or_else(|| "7d".to_owned());
     let since = match period.as_str() {
@@ -555,7 +555,7 @@ pub struct SlashesQuery {
         (status = 400, description = "bad address, cursor or limit", body = ErrorBody)))]
 pub async fn slashes(
     State(state): State<AppState>,
-    Query(query): Query<SlashesQuery>,
+    ApiQuery(query): ApiQuery<SlashesQuery>,
 ) -> Result<Json<EntryPage>, ApiError> {
     let wallet = query.address.as_deref().map(wallet_param).transpose()?;
     let page_query = PageQuery {

@@ -249,3 +249,24 @@ async fn a_wait_beyond_any_duration_is_cut_to_the_limit() {
         );
     }
 }
+
+/// Regression (found by scripts/schemathesis.sh): a query string that does not parse was
+/// answered in axum's plain text; every route answers in the API's JSON error shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_query_strings_get_the_json_error_shape() {
+    let server = TestServer::start(&Backend::Sqlite).await;
+    let key = server.api_key.clone();
+    let id = server.client().submit_ok("synthetic-echo", json!({})).await;
+    for (path, key, mentions) in [
+        (
+            format!("/v1/jobs/{id}?wait=soon"),
+            Some(key.as_str()),
+            "wait",
+        ),
+        ("/api/v1/leaderboard?limit=many".to_owned(), None, "limit"),
+        ("/api/v1/slashes?limit=-3".to_owned(), None, "limit"),
+    ] {
+        let got = raw(&server, "GET", &path, key, None, vec![]).await;
+        assert_error(&got, 400, "invalid_request", mentions);
+    }
+}
