@@ -308,56 +308,7 @@ pub(crate) const NASTY: [&str; 7] = [
 /// an open anti-cheat case against that GPU: something for refused admin requests to leave
 /// alone.
 pub(crate) async fn seed_case(server: &TestServer) -> uuid::Uuid {
-    use infermine_server::ledger::{self, BoostDetail, Credit};
-    use infermine_server::points::{Accrual, PointsKind, Work};
-    use infermine_server::review::cases::{self, Check, NewCase};
-    use infermine_tests::WALLET;
-
-    let db = infermine_server::open_db(&server.config)
-        .await
-        .expect("open db");
-    let credit = Credit {
-        job_id: uuid::Uuid::now_v7(),
-        wallet: WALLET.to_owned(),
-        miner_id: format!("{WALLET}-rig-gpu0"),
-        model: "sdxl-base-1.0".to_owned(),
-        work: Work::Image {
-            width: 512,
-            height: 512,
-            steps: 20,
-        },
-        accrual: Accrual {
-            kind: PointsKind::Waifu,
-            base: 10_000_000,
-            multiplier_millionths: 1_000_000,
-            latency_ms: 10,
-            latency_factor_millionths: 1_000_000,
-            boost_millionths: 1_000_000,
-            amount: 10_000_000,
-        },
-        boost: BoostDetail::default(),
-    };
-    let mut tx = db.begin().await.expect("begin");
-    ledger::insert_credits(&mut tx, &[&credit])
-        .await
-        .expect("credit");
-    tx.commit().await.expect("commit");
-    let evidence = json!({ "similarity": 0.31, "threshold": 0.85 });
-    let id = cases::open_case(
-        &db,
-        &NewCase {
-            job_id: Some(credit.job_id),
-            wallet: WALLET.to_owned(),
-            miner_id: Some(credit.miner_id.clone()),
-            kind: PointsKind::Waifu,
-            check: Check::ImageSimilarity,
-            evidence: evidence.as_object().expect("object").clone(),
-        },
-    )
-    .await
-    .expect("open case");
-    db.close().await;
-    id
+    crate::cases::seed(server).await
 }
 
 /// The Waifu balance of [`infermine_tests::WALLET`] as the portal shows it, in micro-points.

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::on_both_databases;
 
 /// Credits the wallet 10 Waifu points and opens an image-similarity case against its GPU.
-async fn seed(server: &TestServer) -> Uuid {
+pub(crate) async fn seed(server: &TestServer) -> Uuid {
     let db = infermine_server::open_db(&server.config)
         .await
         .expect("open db");

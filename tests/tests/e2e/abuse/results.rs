@@ -238,20 +238,15 @@ async fn result_replayed_in_the_same_session(backend: Backend) {
         holder.send(&text_result(job.id, text)).await.expect("send");
     }
     still_connected(&mut holder).await;
-    let id = job.id.to_string();
-    assert_eq!(
-        view(&server.client(), &id).await,
-        done,
-        "the job is as completed"
-    );
-    assert_eq!(tables.snapshot().await, before, "nothing stored");
-    assert_eq!(
-        tables
-            .texts("SELECT sha256 FROM job_objects ORDER BY name")
-            .await,
-        objects
-    );
-    assert_eq!(credited(&tables).await, [Some(WALLET.to_owned())], "once");
+    unchanged_since_completion(
+        &server,
+        &tables,
+        &before,
+        &job.id.to_string(),
+        &done,
+        &objects,
+    )
+    .await;
 }
 on_both_databases!(result_replayed_in_the_same_session);
 
@@ -269,19 +264,38 @@ async fn result_replayed_from_a_new_session(backend: Backend) {
         .await
         .expect("send");
     still_connected(&mut again).await;
-    let id = job.id.to_string();
+    unchanged_since_completion(
+        &server,
+        &tables,
+        &before,
+        &job.id.to_string(),
+        &done,
+        &objects,
+    )
+    .await;
+}
+on_both_databases!(result_replayed_from_a_new_session);
+
+/// The completed job, its objects and its single credit are as they were, and no table changed.
+async fn unchanged_since_completion(
+    server: &TestServer,
+    tables: &Tables,
+    before: &std::collections::BTreeMap<&'static str, i64>,
+    id: &str,
+    done: &Value,
+    objects: &[Option<String>],
+) {
     assert_eq!(
-        view(&server.client(), &id).await,
+        &view(&server.client(), id).await,
         done,
         "the job is as completed"
     );
-    assert_eq!(tables.snapshot().await, before, "nothing stored");
+    assert_eq!(&tables.snapshot().await, before, "nothing stored");
     assert_eq!(
         tables
             .texts("SELECT sha256 FROM job_objects ORDER BY name")
             .await,
         objects
     );
-    assert_eq!(credited(&tables).await, [Some(WALLET.to_owned())], "once");
+    assert_eq!(credited(tables).await, [Some(WALLET.to_owned())], "once");
 }
-on_both_databases!(result_replayed_from_a_new_session);
