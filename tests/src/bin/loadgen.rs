@@ -55,6 +55,11 @@ struct Args {
     /// Database URL for the server [default: SQLite in a temporary directory]
     #[arg(long)]
     database_url: Option<String>,
+    /// Also print one machine-readable line at the end (`loadgen-summary: key=value ...`:
+    /// completed, failed, elapsed_s, jobs_per_s, round-trip p50/p90/p99/max in ms,
+    /// server_cpu_us_per_job); bench/dispatch-vs-celery.sh reads it
+    #[arg(long)]
+    summary_line: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -155,6 +160,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rss_now / 1024,
         rss_peak / 1024
     );
+    if args.summary_line {
+        let rt = &latencies.round_trip;
+        println!(
+            "loadgen-summary: completed={completed} failed={failures} elapsed_s={:.3} \
+             jobs_per_s={:.1} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} max_ms={:.3} \
+             server_cpu_us_per_job={:.0}",
+            elapsed.as_secs_f64(),
+            completed as f64 / elapsed.as_secs_f64(),
+            percentile(rt, 0.50),
+            percentile(rt, 0.90),
+            percentile(rt, 0.99),
+            percentile(rt, 1.0),
+            server_cpu * 1e6 / completed.max(1) as f64
+        );
+    }
     if failures > 0 {
         bail!("{failures} jobs did not complete");
     }
