@@ -21,7 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use infermine_protocol::{AgentMessage, CoordinatorMessage, Hello, JobAssignment};
+use infermine_protocol::{
+    AgentMessage, CoordinatorMessage, Hello, JobAssignment, JobResult, Metrics,
+};
 use infermine_tests::raw::{Frame, RawAgent};
 use infermine_tests::{Backend, TestServer};
 use serde_json::{Value, json};
@@ -358,4 +360,26 @@ pub(crate) async fn raw_http(server: &TestServer, request: &[u8]) -> String {
         .expect("connect");
     stream.write_all(request).await.expect("write");
     read_response(&mut stream, WAIT).await
+}
+
+/// A synthetic job run to completion by a raw agent (so its objects exist); the agent, still
+/// connected, and the job's id.
+pub(crate) async fn completed_job(server: &TestServer) -> (RawAgent, String) {
+    let (mut agent, _) = RawAgent::join(&server.ws(), &server.miner_token("rig").await, 1)
+        .await
+        .expect("join");
+    let client = server.client();
+    let id = client
+        .submit_ok("synthetic-echo", json!({ "output_bytes": 8 }))
+        .await;
+    let job = next_job(&mut agent).await;
+    let result = AgentMessage::Result(JobResult {
+        job: job.id,
+        output: infermine_tests::raw::synthetic_output(&job.params),
+        metrics: Metrics::default(),
+    });
+    agent.send(&result).await.expect("result");
+    let done = client.wait_final(&id, WAIT).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    (agent, id)
 }

@@ -6,13 +6,12 @@
 
 use std::collections::BTreeSet;
 
-use infermine_protocol::{AgentMessage, JobResult, Metrics};
-use infermine_tests::raw::{RawAgent, synthetic_output};
+use infermine_tests::raw::RawAgent;
 use infermine_tests::{Backend, TestServer, WALLET};
 use serde_json::{Value, json};
 
 use super::{
-    Tables, WAIT, admin_token, call, next_job, seed_case, send, server, still_connected,
+    Tables, admin_token, call, completed_job, seed_case, send, server, still_connected,
     waifu_balance, wallet_session,
 };
 use crate::on_both_databases;
@@ -29,21 +28,7 @@ struct Scene {
 async fn scene(backend: &Backend) -> Scene {
     let server = server(backend).await;
     let case = seed_case(&server).await;
-    let (mut agent, _) = RawAgent::join(&server.ws(), &server.miner_token("rig").await, 1)
-        .await
-        .expect("join");
-    let client = server.client();
-    let id = client
-        .submit_ok("synthetic-echo", json!({ "output_bytes": 8 }))
-        .await;
-    let job = next_job(&mut agent).await;
-    let result = AgentMessage::Result(JobResult {
-        job: job.id,
-        output: synthetic_output(&job.params),
-        metrics: Metrics::default(),
-    });
-    agent.send(&result).await.expect("result");
-    assert_eq!(client.wait_final(&id, WAIT).await["status"], "completed");
+    let (agent, id) = completed_job(&server).await;
     let gpu = format!("{WALLET}-rig-gpu0");
     let admin = "/api/v1/admin";
     let slash = json!({ "address": WALLET, "fraction": 1.0, "reason": "x" });

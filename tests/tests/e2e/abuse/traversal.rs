@@ -5,14 +5,12 @@
 
 use std::path::Path;
 
-use infermine_protocol::{
-    AgentMessage, DeviceKind, GpuInfo, Hello, JobResult, Metrics, ModelInfo, PROTOCOL_VERSION,
-};
-use infermine_tests::raw::{RawAgent, synthetic_output};
+use infermine_protocol::{DeviceKind, GpuInfo, Hello, ModelInfo, PROTOCOL_VERSION};
+use infermine_tests::raw::RawAgent;
 use infermine_tests::{Backend, TestServer};
 use serde_json::json;
 
-use super::{Tables, WAIT, admin_token, call, next_job, raw_http, secret, server};
+use super::{Tables, WAIT, admin_token, call, completed_job, next_job, raw_http, secret, server};
 use crate::on_both_databases;
 
 /// Ways to spell "climb out to the signing secret" or "an absolute path" in one path segment.
@@ -35,30 +33,9 @@ fn leaks_nothing(server: &TestServer, what: &str, text: &str) {
     assert!(!text.contains("root:"), "{what} leaked /etc/passwd: {text}");
 }
 
-/// A completed synthetic job, so its objects exist.
-async fn completed_job(server: &TestServer) -> String {
-    let (mut agent, _) = RawAgent::join(&server.ws(), &server.miner_token("rig").await, 1)
-        .await
-        .expect("join");
-    let client = server.client();
-    let id = client
-        .submit_ok("synthetic-echo", json!({ "output_bytes": 8 }))
-        .await;
-    let job = next_job(&mut agent).await;
-    let result = AgentMessage::Result(JobResult {
-        job: job.id,
-        output: synthetic_output(&job.params),
-        metrics: Metrics::default(),
-    });
-    agent.send(&result).await.expect("result");
-    let done = client.wait_final(&id, WAIT).await;
-    assert_eq!(done["status"], "completed", "{done}");
-    id
-}
-
 async fn admin_object_names_climbing_out(backend: Backend) {
     let server = server(&backend).await;
-    let id = completed_job(&server).await;
+    let id = completed_job(&server).await.1;
     let admin = admin_token(&server).await;
     let objects = format!("{}/api/v1/admin/jobs/{id}/objects", server.http());
     let genuine = call("GET", &format!("{objects}/input.json"), Some(&admin), None).await;
