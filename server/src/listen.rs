@@ -7,8 +7,9 @@
 //!   time (slow-loris), are closed;
 //! - each later request on the connection gets the same time for its headers (hyper's header
 //!   read timeout), which also closes keep-alive connections idle that long;
-//! - a body whose `Content-Length` is over `max_body_bytes` is refused with 413 at once, from
-//!   the header, instead of after waiting for bytes that may never come;
+//! - a body whose `Content-Length` is over `max_body_bytes` is refused with 413 from the
+//!   header, after reading (and dropping) what arrives of it within 2 s, so a client still
+//!   sending reads the answer, and one that never sends waits 2 s rather than forever;
 //! - a path or query with a NUL character (`%00`) is refused with 400 before any handler binds
 //!   it into a query (PostgreSQL cannot take a NUL in text; bodies are checked by `ApiJson`).
 
@@ -19,9 +20,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header::CONTENT_LENGTH;
+use axum::http::HeaderValue;
+use axum::http::header::{CONNECTION, CONTENT_LENGTH};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -114,9 +117,34 @@ pub(crate) async fn refuse_declared_oversize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body_bytes as u64) {
-        return ApiError::PayloadTooLarge.into_response();
+        discard(request.into_body()).await;
+        let mut response = ApiError::PayloadTooLarge.into_response();
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return response;
     }
     next.run(request).await
+}
+
+/// Most of a refused body read (and dropped) before the 413 goes out.
+const DISCARD_BYTES: usize = 16 << 20;
+/// Longest wait for a refused body's bytes.
+const DISCARD_WITHIN: Duration = Duration::from_secs(2);
+
+/// Reads and drops what a client sends of a refused body, up to [`DISCARD_BYTES`] and for at
+/// most [`DISCARD_WITHIN`]: a client still writing its body then reads the 413 instead of
+/// hitting a reset connection, and a body that never comes costs at most that wait.
+async fn discard(body: axum::body::Body) {
+    let deadline = tokio::time::Instant::now() + DISCARD_WITHIN;
+    let mut chunks = body.into_data_stream();
+    let mut read = 0;
+    while read < DISCARD_BYTES {
+        match tokio::time::timeout_at(deadline, chunks.next()).await {
+            Ok(Some(Ok(chunk))) => read += chunk.len(),
+            _ => return,
+        }
+    }
 }
 
 /// Middleware: refuses a path or query holding a NUL character (`%00`, in any case), naming

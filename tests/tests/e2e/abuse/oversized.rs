@@ -48,8 +48,8 @@ async fn oversized_chat_body(backend: Backend) {
 }
 on_both_databases!(oversized_chat_body);
 
-/// A body declared far larger than allowed is refused at once, from its `Content-Length`,
-/// without waiting for (or reading) a byte of it.
+/// A body declared far larger than allowed is refused from its `Content-Length`, within the
+/// server's 2 s wait for what arrives of it (none does here), not after waiting forever.
 async fn oversized_declared_length(backend: Backend) {
     let server = server(&backend).await;
     let tables = Tables::open(&server).await;
